@@ -1,0 +1,27 @@
+# occ_perception developer commands. No ROS needed: everything runs in a venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-test
+
+.PHONY: test demo bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): occ_perception/setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e './occ_perception[test]'
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q occ_perception/test
+
+demo: $(STAMP)
+	@echo "make demo arrives with the synthetic world and the shipped tiny model (see README)." >&2
+	@exit 2
+
+bench: $(STAMP)
+	$(PY) -m occ_perception.cli bench
+
+clean:
+	rm -rf $(VENV) build occ_perception/build occ_perception/*.egg-info

@@ -1,0 +1,1 @@
+"""rclpy glue: the only subpackage that imports rclpy."""
