@@ -1,0 +1,114 @@
+"""The backend interface shared by torch, onnxruntime and TensorRT.
+
+A backend runs one network graph: named inputs in, named outputs out, batch
+size one frame. Inputs are checked against the graph's declared names, dtypes
+and shapes before they are handed to the engine, so that a mismatch is a
+clear :class:`BackendError` naming the tensor, never a crash deep inside a
+runtime.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ['Backend', 'BackendError', 'TensorSpec', 'check_feeds']
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be created (missing library, bad file) or was fed the wrong tensors."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, element type and shape of one graph input or output.
+
+    Attributes:
+        name: tensor name in the graph.
+        dtype: numpy dtype name, e.g. ``'uint8'``, ``'float32'``, ``'int64'``.
+        shape: one entry per axis: an int for a fixed size, None for a dynamic one.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+    def describe(self) -> str:
+        dims = ', '.join('?' if d is None else str(d) for d in self.shape)
+        return f'{self.name}: {self.dtype}[{dims}]'
+
+
+def _shape_of(value: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in value.shape)
+
+
+def _dtype_of(value: Any) -> str:
+    dtype = value.dtype
+    if isinstance(dtype, np.dtype):
+        return dtype.name
+    # torch dtypes print as 'torch.float32'
+    return str(dtype).replace('torch.', '')
+
+
+def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any], where: str) -> None:
+    """Check that ``feeds`` holds exactly the inputs in ``specs`` with matching dtype and shape.
+
+    Works for numpy arrays and torch tensors (anything with ``.shape`` and ``.dtype``).
+
+    Raises:
+        BackendError: naming ``where``, the tensor, and what was expected.
+    """
+    expected = {s.name for s in specs}
+    missing = sorted(expected - set(feeds))
+    extra = sorted(set(feeds) - expected)
+    if missing or extra:
+        raise BackendError(f'{where}: inputs do not match the graph: missing {missing}, unexpected {extra}')
+    for spec in specs:
+        value = feeds[spec.name]
+        dtype = _dtype_of(value)
+        if dtype != spec.dtype:
+            raise BackendError(f'{where}: input {spec.describe()} got dtype {dtype}')
+        shape = _shape_of(value)
+        if len(shape) != len(spec.shape) or any(e is not None and e != s for e, s in zip(spec.shape, shape)):
+            raise BackendError(f'{where}: input {spec.describe()} got shape {list(shape)}')
+
+
+class Backend(ABC):
+    """One loaded network graph.
+
+    Subclasses set :attr:`inputs` and :attr:`outputs` and implement :meth:`_run`.
+    """
+
+    name: str = 'backend'
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Run the graph once.
+
+        Args:
+            feeds: input name -> array (numpy, or a torch tensor where the backend accepts one).
+
+        Returns:
+            output name -> array (numpy for onnxruntime; numpy or torch for the others, as documented there).
+
+        Raises:
+            BackendError: the feeds do not match the graph's inputs.
+        """
+        check_feeds(self.inputs, feeds, self.name)
+        return self._run(feeds)
+
+    @abstractmethod
+    def _run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Run with already-checked feeds."""
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.outputs)
