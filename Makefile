@@ -21,7 +21,7 @@ demo: $(STAMP)
 	@exit 2
 
 bench: $(STAMP)
-	$(PY) -m occ_perception.cli bench
+	$(VENV)/bin/occ-perception bench
 
 clean:
 	rm -rf $(VENV) build occ_perception/build occ_perception/*.egg-info

@@ -9,7 +9,7 @@ A :class:`Transform` ``T_a_b`` maps points expressed in frame ``b`` into frame
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from pyquaternion import Quaternion
@@ -84,6 +84,21 @@ class Transform:
         """From a translation and a ROS-order quaternion (x, y, z, w)."""
         x, y, z, w = (float(v) for v in xyzw)
         return cls(_quaternion([w, x, y, z], 'quaternion (x, y, z, w)'), np.asarray(translation, dtype=np.float64))
+
+    @classmethod
+    def from_msg(cls, msg: Any) -> 'Transform':
+        """From a geometry_msgs/Transform (translation, rotation) or Pose (position, orientation).
+
+        Any message class with those field names works (rclpy or rosbags).
+
+        Raises:
+            GeometryError: NaN values or a zero quaternion.
+        """
+        if hasattr(msg, 'translation'):
+            t, q = msg.translation, msg.rotation
+        else:
+            t, q = msg.position, msg.orientation
+        return cls.from_xyzw([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
 
     @classmethod
     def from_yaw(cls, yaw: float, translation: Sequence[float] = (0.0, 0.0, 0.0)) -> 'Transform':

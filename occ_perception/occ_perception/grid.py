@@ -179,9 +179,10 @@ class GridSpec:
             coordinate, meaningful only where ``inside``), and inside (...,) bool.
         """
         points = np.asarray(points, dtype=np.float64)
-        rel = (points - np.asarray(self.lower)) / self.voxel_size
-        index = np.floor(rel).astype(np.int64)
-        inside = np.all((index >= 0) & (index < np.asarray(self.shape)), axis=-1) & np.all(np.isfinite(points), axis=-1)
+        finite = np.all(np.isfinite(points), axis=-1)
+        rel = (np.where(finite[..., None], points, 0.0) - np.asarray(self.lower)) / self.voxel_size
+        index = np.floor(np.clip(rel, -1.0, np.asarray(self.shape, dtype=np.float64))).astype(np.int64)
+        inside = np.all((index >= 0) & (index < np.asarray(self.shape)), axis=-1) & finite
         return index, inside
 
     def check_array(self, array: np.ndarray, name: str, trailing: tuple[int, ...] = ()) -> None:
