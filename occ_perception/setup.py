@@ -76,7 +76,9 @@ setup(
     install_requires=[],
     extras_require={
         'runtime': RUNTIME,
-        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5'],
+        # engine builds on a GPU machine; onnxconverter-common makes the fp16 graph for TensorRT 11
+        'tensorrt': ['tensorrt>=10', 'onnxconverter-common>=1.14'],
+        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5', 'onnxconverter-common>=1.14'],
     },
     cmdclass={'build_py': BuildPyWithMessages},
     zip_safe=False,

@@ -112,3 +112,31 @@ class Backend(ABC):
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.outputs)
+
+
+def match_specs(expected: Sequence[TensorSpec], actual: Sequence[TensorSpec], where: str) -> None:
+    """Check that a loaded graph's inputs or outputs are the ones the model configuration expects.
+
+    Names and dtypes must agree, and every fixed dimension of ``expected`` must
+    be fixed to the same size in ``actual``, so that an engine built for another
+    configuration is refused at load time instead of failing mid-run.
+
+    Raises:
+        BackendError: listing every difference, naming ``where``.
+    """
+    problems = []
+    actual_by_name = {s.name: s for s in actual}
+    for spec in expected:
+        got = actual_by_name.get(spec.name)
+        if got is None:
+            problems.append(f'missing {spec.describe()}')
+            continue
+        if got.dtype != spec.dtype:
+            problems.append(f'{spec.name}: dtype {got.dtype}, expected {spec.dtype}')
+        if len(got.shape) != len(spec.shape) or any(e is not None and e != g for e, g in zip(spec.shape, got.shape)):
+            problems.append(f'{spec.name}: shape {got.describe()}, expected {spec.describe()}')
+    extra = sorted(set(actual_by_name) - {s.name for s in expected})
+    if extra:
+        problems.append(f'unexpected tensors {extra}')
+    if problems:
+        raise BackendError(f'{where} does not match the model configuration: ' + '; '.join(problems))
