@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
+# Python 3.10 (ROS 2 Humble's) for the compatibility run with numpy 1.x
+PYTHON310 ?= $(shell for p in $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10; do \
+	$$p -c 'import venv' >/dev/null 2>&1 && { command -v $$p; break; }; done)
+COMPAT := .venv-py310
 
-.PHONY: test demo bench venv clean
+.PHONY: test test-main test-compat demo bench venv clean
 
 venv: $(STAMP)
 
@@ -13,8 +17,25 @@ $(STAMP): occ_perception/setup.py constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e './occ_perception[test]'
 	touch $@
 
-test: $(STAMP)
+test: test-main test-compat
+
+test-main: $(STAMP)
 	$(PY) -m pytest -q occ_perception/test
+
+$(COMPAT)/.installed: requirements-compat.txt occ_perception/setup.py
+	test -x $(COMPAT)/bin/python || $(PYTHON310) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-compat.txt
+	$(COMPAT)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e ./occ_perception
+	touch $@
+
+ifeq ($(PYTHON310),)
+test-compat:
+	@echo "test-compat: no python3.10 on this machine; the Python 3.10 / numpy 1.x run is skipped"
+else
+test-compat: $(COMPAT)/.installed
+	$(COMPAT)/bin/python -c "import sys, numpy; print('compat run: Python', sys.version.split()[0], 'numpy', numpy.__version__)"
+	$(COMPAT)/bin/python -m pytest -q occ_perception/test
+endif
 
 demo: $(STAMP)
 	@echo "make demo arrives with the synthetic world and the shipped tiny model (see README)." >&2
@@ -24,4 +45,4 @@ bench: $(STAMP)
 	$(VENV)/bin/occ-perception bench
 
 clean:
-	rm -rf $(VENV) build occ_perception/build occ_perception/*.egg-info
+	rm -rf $(VENV) $(COMPAT) build occ_perception/build occ_perception/*.egg-info

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-
 from occ_perception.geometry import GeometryError, Transform, bev_warp_affine, ego_motion, yaw_of
 from occ_perception.grid import GridError, GridSpec
 from occ_perception.messages import rosbags_typestore
@@ -180,6 +177,8 @@ def test_bev_warp_inverse_pair_is_identity() -> None:
 
 def test_bev_warp_moves_a_static_object() -> None:
     """A world-fixed blob in the previous BEV map lands where the current ego frame sees it."""
+    torch = pytest.importorskip('torch')
+    F = torch.nn.functional
     grid = GridSpec()
     prev_pose = Transform.from_yaw(0.3, [100.0, 50.0, 0.0])
     cur_pose = Transform.from_yaw(0.5, [104.0, 51.0, 0.0])

@@ -85,7 +85,7 @@ def test_wheel_declares_console_scripts_and_no_hard_requirements(wheel: Path) ->
 
 
 def test_cli_runs(tmp_path: Path) -> None:
-    script = Path(sys.executable).parent / 'occ-perception'
-    result = subprocess.run([str(script), 'info'], capture_output=True, text=True, cwd=tmp_path)
+    # from another folder: in the repository root, the ament package folder occ_perception/ would shadow the module
+    result = subprocess.run([sys.executable, '-m', 'occ_perception.cli', 'info'], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'occ_perception' in result.stdout and 'numpy' in result.stdout

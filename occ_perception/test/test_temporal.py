@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-
 from occ_perception.geometry import Transform
 from occ_perception.grid import GridSpec
 from occ_perception.temporal import BevCache, ResetReason, TemporalConfig, TemporalError
@@ -144,6 +141,8 @@ def bev_of_world(pose: Transform, bev_grid: GridSpec) -> np.ndarray:
 
 @pytest.mark.parametrize('motion', [(3.0, 0.0, 0.0), (2.0, 1.5, 0.25), (-1.0, 4.0, -0.6)])
 def test_warp_of_static_world_matches_map_at_new_pose(motion) -> None:
+    torch = pytest.importorskip('torch')
+    F = torch.nn.functional
     grid_shape = (1, 200, 200)
     c = BevCache(TemporalConfig(offsets=(0.5,), history_span=1.0), GRID, grid_shape)
     prev_pose = Transform.from_yaw(0.4, [100.0, 50.0, 0.0])
