@@ -159,7 +159,7 @@ _TINY = ModelConfig(
     depth_step=2.0,
     context_channels=32,
     bev_channels=(32, 64, 128),
-    head_channels=32,
+    head_channels=16,
 )
 
 CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (_M0, _M1, _TINY)}

@@ -156,8 +156,8 @@ class OccNet(nn.Module):
         if self.history_warp is not None:
             bev = torch.cat([bev, self.history_warp(*history)], dim=1)
         logits, flow = self.decode(bev)
-        top, labels = logits.max(dim=-1)
-        confidence = torch.round(255.0 / torch.exp(logits - top.unsqueeze(-1)).sum(dim=-1))
+        probability, labels = logits.softmax(dim=-1).max(dim=-1)
+        confidence = torch.round(probability * 255.0)
         if flow is None:
             flow = torch.zeros(logits.shape[:-1] + (2,), dtype=logits.dtype, device=logits.device)
         return labels.to(torch.uint8), confidence.to(torch.uint8), flow, bev_feature
