@@ -43,6 +43,7 @@ __all__ = [
     'SPLAT_CHUNKS',
     'Splat',
     'SplatError',
+    'bev_cells',
     'build_splat_tables',
     'check_splat_tables',
     'frustum_points',
@@ -123,27 +124,38 @@ def frustum_points(config: ModelConfig, matrices: RigMatrices) -> np.ndarray:
     return np.einsum('nij,ndhwj->ndhwi', rot, cam) + trans[:, None, None, None, :]
 
 
-def frustum_cells(config: ModelConfig, matrices: RigMatrices) -> np.ndarray:
-    """BEV cell of every frustum point: (N, D, H_feat, W_feat) int64, ``iy * X + ix``, -1 outside the grid.
+def bev_cells(config: ModelConfig, points: np.ndarray) -> np.ndarray:
+    """BEV cell of ego-frame points: (...,) int64 ``iy * X + ix``, -1 outside the grid.
 
-    Binning follows ``config.truncate_bins`` (FlashOCC: truncate toward zero).
+    Args:
+        config: grid, ``bev_z_range`` and ``truncate_bins``.
+        points: (..., 3) [m] in ``base_link``.
+
+    With ``config.truncate_bins`` (FlashOCC) the cell coordinate ``(p - lower) / cell`` is
+    truncated toward zero and the point kept where the index lies in the grid, so points up
+    to one cell below a lower bound land in the first cell; otherwise floor and strict bounds.
     """
-    pts = frustum_points(config, matrices)
     grid = config.grid
     lower = np.array([grid.lower[0], grid.lower[1], config.bev_z_range[0]])
     cell = np.array([grid.voxel_size, grid.voxel_size, config.bev_z_range[1] - config.bev_z_range[0]])
-    rel = (pts - lower) / cell
-    with np.errstate(invalid='ignore'):
-        idx = np.trunc(rel) if config.truncate_bins else np.floor(rel)
+    rel = (np.asarray(points, dtype=np.float64) - lower) / cell
+    finite = np.all(np.isfinite(rel), axis=-1)
+    rel = np.where(finite[..., None], rel, -2.0)
+    idx = np.trunc(rel) if config.truncate_bins else np.floor(rel)
     x_size, y_size = config.bev_size
     inside = (
-        np.all(np.isfinite(rel), axis=-1)
+        finite
         & (idx[..., 0] >= 0) & (idx[..., 0] < x_size)
         & (idx[..., 1] >= 0) & (idx[..., 1] < y_size)
         & (idx[..., 2] == 0)
     )
     idx = np.where(inside[..., None], idx, 0).astype(np.int64)
     return np.where(inside, idx[..., 1] * x_size + idx[..., 0], -1)
+
+
+def frustum_cells(config: ModelConfig, matrices: RigMatrices) -> np.ndarray:
+    """BEV cell of every frustum point: (N, D, H_feat, W_feat) int64, ``iy * X + ix``, -1 outside the grid."""
+    return bev_cells(config, frustum_points(config, matrices))
 
 
 def _chunk_rows(group: np.ndarray, length: int | None) -> tuple[np.ndarray, np.ndarray]:
