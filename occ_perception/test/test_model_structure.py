@@ -149,3 +149,12 @@ def test_load_flashocc_checkpoint_bad_file(tmp_path: Path) -> None:
     bad.write_bytes(b'not a checkpoint')
     with pytest.raises(CheckpointError, match='bad.pth'):
         load_flashocc_checkpoint(bad, get_config('flashocc-m0'))
+
+
+def test_forward_rejects_wrong_input_count() -> None:
+    from occ_perception.model.network import NetworkInputError
+
+    net = OccNet(get_config('tiny', history=2))
+    assert [s.name for s in net.input_specs()][-3:] == ['history_bev', 'history_theta', 'history_valid']
+    with pytest.raises(NetworkInputError, match='history_bev'):
+        net(torch.zeros(6, 128, 352, 3, dtype=torch.uint8))

@@ -41,9 +41,13 @@ from .config import ModelConfig
 from .heads import HeightHead
 from .splat import SPLAT_CHUNKS, Splat, splat_table_names
 
-__all__ = ['OUTPUT_NAMES', 'OccNet', 'ViewTransformer']
+__all__ = ['OUTPUT_NAMES', 'NetworkInputError', 'OccNet', 'ViewTransformer']
 
 OUTPUT_NAMES: tuple[str, ...] = ('labels', 'confidence', 'flow', 'bev_feature')
+
+
+class NetworkInputError(TypeError):
+    """OccNet.forward got the wrong number of input tensors for its config."""
 
 
 class ViewTransformer(nn.Module):
@@ -76,6 +80,9 @@ class OccNet(nn.Module):
 
     forward(images, *splat_tables, [history_bev, history_theta, history_valid]) ->
     (labels, confidence, flow, bev_feature); see the module docstring for shapes.
+
+    Raises:
+        NetworkInputError: from forward, when the number of inputs does not fit the config.
     """
 
     def __init__(self, config: ModelConfig, splat_levels: int = len(SPLAT_CHUNKS)) -> None:
@@ -149,7 +156,7 @@ class OccNet(nn.Module):
         n_tables = len(self.table_names())
         tables, history = args[:n_tables], args[n_tables:]
         if len(tables) != n_tables or len(history) != (3 if self.config.history else 0):
-            raise TypeError(f'OccNet.forward: expected inputs {[s.name for s in self.input_specs()]}, '
+            raise NetworkInputError(f'OccNet.forward: expected inputs {[s.name for s in self.input_specs()]}, '
                             f'got {1 + len(args)} tensors')
         bev_feature = self.encode_bev(images, *tables)  # (C, Y, X)
         bev = bev_feature.unsqueeze(0)
