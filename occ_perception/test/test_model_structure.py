@@ -102,10 +102,11 @@ def test_import_random_flashocc_checkpoint(tmp_path: Path, flashocc_keys: dict) 
         assert torch.equal(sd[key], state[key])
 
     # plain {'state_dict'} with a DataParallel prefix, into the exact FlashOCC structure
-    prefixed = {'state_dict': {f'module.{k}': v for k, v in state.items()}}
-    net2 = OccNet(get_config('flashocc-m0', flow_head=False))
-    report2 = import_flashocc_state_dict(net2, extract_state_dict(prefixed))
-    assert report2.ok and report2.additions == []
+    plain = tmp_path / 'flashocc_m0_plain.pth'
+    torch.save({'state_dict': {f'module.{k}': v for k, v in state.items()}}, plain)
+    net2, report2 = load_flashocc_checkpoint(plain, get_config('flashocc-m0', flow_head=False))
+    assert report2.ok and report2.additions == [] and len(report2.loaded) == 430
+    assert torch.equal(net2.state_dict()['img_backbone.conv1.weight'], state['img_backbone.conv1.weight'])
 
     # CLI: import-flashocc writes our checkpoint, which loads back
     out = tmp_path / 'ours.pt'
