@@ -58,7 +58,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         net = OccNet(config)
         print('note: no --checkpoint given, exporting randomly initialised weights')
-    path = export_onnx(net, args.out)
+    path = export_onnx(net, args.out, dynamo=args.dynamo)
     ops = graph_op_types(path)
     print(f'wrote {path}: {config.name} history={config.history}')
     print('inputs: ' + ', '.join(s.describe() for s in net.input_specs()))
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument('--checkpoint', help='our checkpoint (.pt) from import-flashocc or train')
     exp.add_argument('--seed', type=int, default=0, help='seed of random weights when no checkpoint is given')
     exp.add_argument('--out', required=True, help='output .onnx')
+    exp.add_argument('--dynamo', action='store_true', help='use the torch.export-based exporter (needs onnxscript)')
     exp.set_defaults(func=cmd_export)
 
     bench = sub.add_parser('bench', help='splat and end-to-end timings on onnxruntime CPU')

@@ -18,7 +18,14 @@ from occ_perception.model.network import OccNet
 from occ_perception.model.splat import splat_table_names
 from occ_perception.rig import Camera, Rig
 from occ_perception.runtime.base import BackendError
-from occ_perception.runtime.export import FORBIDDEN_OPS, ExportError, check_op_set, graph_op_types, sample_inputs
+from occ_perception.runtime.export import (
+    FORBIDDEN_OPS,
+    ExportError,
+    check_op_set,
+    export_onnx,
+    graph_op_types,
+    sample_inputs,
+)
 from occ_perception.runtime.ort_backend import OnnxRuntimeBackend
 from occ_perception.runtime.torch_backend import TorchBackend
 
@@ -101,6 +108,18 @@ def test_op_check_rejects_scatter_and_custom_domain() -> None:
 def test_onnxruntime_matches_torch(exports: dict, name: str) -> None:
     net, path = exports[(name, 0)]
     assert_parity(net, path, sample_inputs(net, seed=3))
+
+
+def test_dynamo_exporter_gives_same_graph_interface(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    net = OccNet(get_config('tiny', history=2)).eval()
+    path = export_onnx(net, tmp_path / 'tiny_dynamo.onnx', dynamo=True)
+    model = onnx.load(str(path))
+    assert tuple(i.name for i in model.graph.input) == EXPECTED_INPUTS + HISTORY_INPUTS
+    ops = graph_op_types(model)
+    assert 'Gather' in ops and 'GridSample' in ops and not set(ops) & set(FORBIDDEN_OPS)
+    assert 'GatherND' not in ops and 'AffineGrid' not in ops
+    assert_parity(net, path, sample_inputs(net, perturbed_rig(), seed=2))
 
 
 def perturbed_rig() -> Rig:

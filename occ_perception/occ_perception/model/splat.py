@@ -322,13 +322,16 @@ class Splat(nn.Module):
         c = feat.shape[1]
         depth_flat = torch.cat([depth.reshape(-1), depth.new_zeros(1)])  # (N*D*H*W + 1,)
         feat_rows = feat.permute(0, 2, 3, 1).reshape(-1, c)  # (N*H*W, C)
-        rows = (depth_flat[depth_index].unsqueeze(-1) * feat_rows[feat_index]).sum(1)  # (R0, C)
+        # index_select on flattened indices exports as a plain Gather with either torch exporter
+        d = depth_flat.index_select(0, depth_index.reshape(-1)).reshape(depth_index.shape[0], -1, 1)  # (R0, L0, 1)
+        f = feat_rows.index_select(0, feat_index.reshape(-1)).reshape(feat_index.shape[0], -1, c)  # (R0, L0, C)
+        rows = (d * f).sum(1)  # (R0, C)
         zero = feat.new_zeros(1, c)
         levels = [rows]
         for table in reduce:
-            rows = torch.cat([rows, zero])[table].sum(1)  # (R_k, C)
-            levels.append(rows)
-        dense = torch.cat(levels + [zero])[cell_index]  # (Y*X, C)
+            rows = torch.cat([rows, zero]).index_select(0, table.reshape(-1)).reshape(table.shape[0], -1, c).sum(1)
+            levels.append(rows)  # (R_k, C)
+        dense = torch.cat(levels + [zero]).index_select(0, cell_index)  # (Y*X, C)
         x_size, y_size = self.bev_size
         return dense.t().reshape(c, y_size, x_size)
 

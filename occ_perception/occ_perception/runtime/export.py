@@ -114,17 +114,21 @@ def check_op_set(model: Any) -> dict[str, int]:
     return ops
 
 
-def export_onnx(net: Any, path: str | os.PathLike[str], rig: Any = None, opset: int = OPSET) -> Path:
+def export_onnx(net: Any, path: str | os.PathLike[str], rig: Any = None, opset: int | None = None,
+                dynamo: bool = False) -> Path:
     """Export ``net`` (an :class:`OccNet`) to ONNX at ``path``, then run the checker and the op-set check.
 
-    Uses the TorchScript-based exporter (``dynamo=False``), which keeps plain
-    Gather/ReduceSum for the splat; the camera count and table lengths are dynamic axes.
+    The camera count and table lengths are dynamic axes. The default exporter is
+    the TorchScript-based one (``dynamo=False``; deprecated but present in torch 2.13,
+    fast, and the path the tests cover in full); ``dynamo=True`` uses the
+    torch.export-based exporter (needs onnxscript) and gives the same op set.
 
     Args:
         net: the network (put in eval mode here).
-        path: output file; parent folders are created.
+        path: output file (a single file, weights inside); parent folders are created.
         rig: rig for the example inputs (default nuScenes); the graph does not depend on it.
-        opset: ONNX opset.
+        opset: ONNX opset; default :data:`OPSET` (18 with ``dynamo``, its lowest native opset).
+        dynamo: use the torch.export-based exporter.
 
     Returns:
         the written path.
@@ -140,16 +144,25 @@ def export_onnx(net: Any, path: str | os.PathLike[str], rig: Any = None, opset: 
     specs = net.input_specs()
     feeds = sample_inputs(net, rig)
     args = tuple(torch.from_numpy(feeds[s.name]) for s in specs)
-    dynamic = {s.name: {i: f'{s.name}_dim{i}' for i, d in enumerate(s.shape) if d is None} for s in specs}
-    dynamic = {k: v for k, v in dynamic.items() if v}
+    names = dict(input_names=[s.name for s in specs], output_names=list(net.output_names()))
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter('ignore')
-            torch.onnx.export(
-                net, args, os.fspath(path), input_names=[s.name for s in specs], output_names=list(net.output_names()),
-                dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True,
-            )
-    except Exception as err:  # the exporter raises many types
+            if dynamo:
+                from torch.export import Dim
+
+                def dims(spec: Any) -> dict[int, Any] | None:
+                    return {i: Dim.DYNAMIC for i, d in enumerate(spec.shape) if d is None} or None
+
+                # forward(images, *rest): the varargs get one nested tuple
+                shapes = (dims(specs[0]), tuple(dims(s) for s in specs[1:]))
+                torch.onnx.export(net, args, os.fspath(path), **names, dynamic_shapes=shapes, opset_version=opset or 18,
+                                  dynamo=True, external_data=False, verbose=False)
+            else:
+                dynamic = {s.name: {i: f'{s.name}_dim{i}' for i, d in enumerate(s.shape) if d is None} for s in specs}
+                torch.onnx.export(net, args, os.fspath(path), **names, dynamic_axes={k: v for k, v in dynamic.items() if v},
+                                  opset_version=opset or OPSET, dynamo=False, do_constant_folding=True)
+    except Exception as err:  # the exporters raise many types
         raise ExportError(f'ONNX export of {net.config.name} failed: {err}') from err
     try:
         onnx.checker.check_model(os.fspath(path))
@@ -157,4 +170,3 @@ def export_onnx(net: Any, path: str | os.PathLike[str], rig: Any = None, opset: 
         raise ExportError(f'onnx.checker rejected {path}: {err}') from err
     check_op_set(os.fspath(path))
     return path
-
