@@ -13,6 +13,7 @@ shared; ratios taken in one run are what to compare). Reports:
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -124,6 +125,7 @@ def run_bench(repeats: int = 15, m0_repeats: int = 5, threads: int = 0, skip_m0:
               print_fn: Callable[[str], None] = print) -> dict[str, float]:
     """Run all benchmarks and print a table; returns name -> median seconds (and derived figures)."""
     results: dict[str, float] = {}
+    load_before = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     with tempfile.TemporaryDirectory(prefix='occ-bench-') as tmp:
         work = Path(tmp)
         print_fn(f'torch {torch.__version__}, threads {torch.get_num_threads()}; onnxruntime threads '
@@ -147,6 +149,10 @@ def run_bench(repeats: int = 15, m0_repeats: int = 5, threads: int = 0, skip_m0:
     ]
     if 'm0_s' in results:
         rows.append(('flashocc-m0 end to end, onnxruntime CPU, 6 cameras', f'{results["m0_s"]:8.2f} s/frame', ''))
+    load_after = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+    results['load_before'], results['load_after'] = load_before, load_after
+    rows.append(('1-minute load average before / after (other processes slow all figures)',
+                 f'{load_before:.2f} / {load_after:.2f}', f'{os.cpu_count()} CPUs'))
     width = max(len(r[0]) for r in rows)
     print_fn('-' * (width + 40))
     for name, value, note in rows:
