@@ -54,6 +54,7 @@ RUNTIME = [
     'torch>=2.1',
     'onnx>=1.15',
     'onnxruntime>=1.16',
+    'onnxscript>=0.1',  # only for `occ-perception export --dynamo`
 ]
 
 setup(

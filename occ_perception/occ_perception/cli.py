@@ -26,6 +26,55 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_flashocc(args: argparse.Namespace) -> int:
+    """Convert a FlashOCC checkpoint into ours (identity key mapping plus documented additions)."""
+    from .model.checkpoint import save_checkpoint
+    from .model.config import get_config
+    from .model.flashocc import load_flashocc_checkpoint
+
+    net, report = load_flashocc_checkpoint(args.checkpoint, get_config(args.config, flow_head=not args.no_flow_head))
+    print(f'{args.checkpoint}: {report.summary()}')
+    if not report.ok and not args.allow_mismatch:
+        print('error: the checkpoint does not match the config (use --allow-mismatch to write anyway)', file=sys.stderr)
+        return 1
+    save_checkpoint(net, args.out)
+    print(f'wrote {args.out} ({args.config})')
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a network to ONNX (random weights unless --checkpoint) and list its ops."""
+    import torch
+
+    from .model.checkpoint import load_checkpoint
+    from .model.config import get_config
+    from .model.network import OccNet
+    from .runtime.export import export_onnx, graph_op_types
+
+    config = get_config(args.config, history=args.history)
+    if args.checkpoint:
+        net = load_checkpoint(args.checkpoint, config)
+    else:
+        torch.manual_seed(args.seed)
+        net = OccNet(config)
+        print('note: no --checkpoint given, exporting randomly initialised weights')
+    path = export_onnx(net, args.out, dynamo=args.dynamo)
+    ops = graph_op_types(path)
+    print(f'wrote {path}: {config.name} history={config.history}')
+    print('inputs: ' + ', '.join(s.describe() for s in net.input_specs()))
+    print('outputs: ' + ', '.join(s.describe() for s in net.output_specs()))
+    print('ops: ' + ', '.join(f'{k} x{v}' for k, v in ops.items()))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Splat and end-to-end timings on onnxruntime CPU (medians of repeats in one run)."""
+    from .runtime.bench import run_bench
+
+    run_bench(repeats=args.repeats, m0_repeats=args.m0_repeats, threads=args.threads, skip_m0=args.skip_m0)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='occ-perception', description=__doc__.splitlines()[0])
     parser.add_argument('--version', action='version', version=f'occ_perception {__version__}')
@@ -33,6 +82,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser('info', help='versions of the package and its runtime libraries')
     info.set_defaults(func=cmd_info)
+
+    from .model.config import CONFIGS
+
+    imp = sub.add_parser('import-flashocc', help='convert a FlashOCC R50 checkpoint to ours')
+    imp.add_argument('checkpoint', help='FlashOCC .pth ({"state_dict": ...}, EMA or not)')
+    imp.add_argument('--config', required=True, choices=['flashocc-m0', 'flashocc-m1'])
+    imp.add_argument('--out', required=True, help='our checkpoint (.pt)')
+    imp.add_argument('--no-flow-head', action='store_true', help='leave out the flow head (an addition)')
+    imp.add_argument('--allow-mismatch', action='store_true', help='write even with missing/unexpected keys')
+    imp.set_defaults(func=cmd_import_flashocc)
+
+    exp = sub.add_parser('export', help='export a network to ONNX')
+    exp.add_argument('--config', required=True, choices=sorted(CONFIGS))
+    exp.add_argument('--history', type=int, default=None, help='K cached BEV features (default: the config\'s, 0)')
+    exp.add_argument('--checkpoint', help='our checkpoint (.pt) from import-flashocc or train')
+    exp.add_argument('--seed', type=int, default=0, help='seed of random weights when no checkpoint is given')
+    exp.add_argument('--out', required=True, help='output .onnx')
+    exp.add_argument('--dynamo', action='store_true', help='use the torch.export-based exporter (needs onnxscript)')
+    exp.set_defaults(func=cmd_export)
+
+    bench = sub.add_parser('bench', help='splat and end-to-end timings on onnxruntime CPU')
+    bench.add_argument('--repeats', type=int, default=15)
+    bench.add_argument('--m0-repeats', type=int, default=5)
+    bench.add_argument('--threads', type=int, default=0, help='onnxruntime intra-op threads (0 = default)')
+    bench.add_argument('--skip-m0', action='store_true', help='leave out the slow M0 end-to-end figure')
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,28 @@
+"""The occupancy network: configs, OccNet, splat tables and the FlashOCC checkpoint import.
+
+Modules, each readable in one sitting:
+
+- :mod:`.config`: :class:`ModelConfig` and the named configs (``flashocc-m0``, ``flashocc-m1``, ``tiny``).
+- :mod:`.backbone`: ResNet image encoder and image neck.
+- :mod:`.splat`: the view transform's splat as host-built tables (:func:`build_splat_tables`).
+- :mod:`.bev`: history warp, BEV encoder and neck.
+- :mod:`.heads`: channel-to-height semantic and flow heads.
+- :mod:`.network`: :class:`OccNet`, the exported graph.
+- :mod:`.flashocc`: FlashOCC checkpoint import.
+"""
+
+from .config import CONFIGS, ConfigError, ModelConfig, get_config
+from .network import OUTPUT_NAMES, OccNet
+from .splat import SplatError, build_splat_tables, splat_table_names
+
+__all__ = [
+    'CONFIGS',
+    'ConfigError',
+    'ModelConfig',
+    'OUTPUT_NAMES',
+    'OccNet',
+    'SplatError',
+    'build_splat_tables',
+    'get_config',
+    'splat_table_names',
+]

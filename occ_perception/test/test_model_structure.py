@@ -1,0 +1,161 @@
+"""OccNet structure against FlashOCC's checkpoint keys, and the FlashOCC checkpoint import."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from occ_perception.cli import main as cli_main
+from occ_perception.model.checkpoint import ModelCheckpointError, load_checkpoint
+from occ_perception.model.config import CONFIGS, ConfigError, get_config
+from occ_perception.model.flashocc import (
+    CheckpointError,
+    extract_state_dict,
+    import_flashocc_state_dict,
+    load_flashocc_checkpoint,
+)
+from occ_perception.model.network import OccNet
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STATE_DICT_JSON = REPO_ROOT.parent / 'shared' / 'flashocc_state_dict.json'
+PUBLISHED_PARAMS_M = {'flashocc-m0': 39.94, 'flashocc-m1': 44.74}
+
+
+@pytest.fixture(scope='module')
+def flashocc_keys() -> dict:
+    if not STATE_DICT_JSON.is_file():
+        pytest.skip(f'{STATE_DICT_JSON} is absent (the FlashOCC key list lives beside the repository)')
+    return json.loads(STATE_DICT_JSON.read_text())
+
+
+def random_flashocc_state(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in shapes.items():
+        if key.endswith('num_batches_tracked'):
+            out[key] = torch.tensor(7, dtype=torch.long)
+        elif key.endswith('running_var'):
+            out[key] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            out[key] = torch.randn(shape, generator=gen) * 0.01
+    return out
+
+
+@pytest.mark.parametrize('name', ['flashocc-m0', 'flashocc-m1'])
+def test_names_and_shapes_equal_flashocc(name: str, flashocc_keys: dict) -> None:
+    net = OccNet(get_config(name, flow_head=False))
+    ours = {k: list(v.shape) for k, v in net.state_dict().items()}
+    theirs = flashocc_keys[name]
+    assert len(theirs) == 430
+    assert sorted(ours) == sorted(theirs)
+    assert {k: ours[k] for k in theirs} == theirs
+
+
+@pytest.mark.parametrize('name', ['flashocc-m0', 'flashocc-m1'])
+def test_trainable_parameter_count(name: str) -> None:
+    net = OccNet(get_config(name, flow_head=False))
+    count = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    assert abs(count / 1e6 - PUBLISHED_PARAMS_M[name]) < 0.01, count
+
+
+def test_additions_are_only_flow_head(flashocc_keys: dict) -> None:
+    net = OccNet(get_config('flashocc-m0'))  # with the flow head
+    extra = set(net.state_dict()) - set(flashocc_keys['flashocc-m0'])
+    assert extra and all(k.startswith('flow_head.') for k in extra)
+
+
+def test_history_widens_first_bev_convs() -> None:
+    cfg = get_config('flashocc-m1', history=2)
+    assert cfg.history_offsets == (0.5, 1.0)
+    sd = OccNet(cfg).state_dict()
+    assert sd['img_bev_encoder_backbone.layers.0.0.conv1.weight'].shape[1] == 64 * 3
+    assert sd['img_bev_encoder_backbone.layers.0.0.downsample.weight'].shape[1] == 64 * 3
+
+
+def test_configs() -> None:
+    assert CONFIGS['flashocc-m0'].num_depth_bins == 44
+    assert CONFIGS['flashocc-m1'].num_depth_bins == 88
+    assert CONFIGS['flashocc-m0'].depth_bins[0] == 1.0 and CONFIGS['flashocc-m1'].depth_bins[-1] == 44.5
+    assert CONFIGS['flashocc-m0'].feature_size == (44, 16)
+    assert CONFIGS['tiny'].bev_size == (200, 200) and CONFIGS['tiny'].z_size == 16
+    with pytest.raises(ConfigError, match='unknown model config'):
+        get_config('flashocc-m9')
+    with pytest.raises(ConfigError, match='history'):
+        get_config('tiny', history=2, history_offsets=(0.5,))
+
+
+def test_import_random_flashocc_checkpoint(tmp_path: Path, flashocc_keys: dict) -> None:
+    state = random_flashocc_state(flashocc_keys['flashocc-m0'])
+    path = tmp_path / 'flashocc_m0.pth'
+    torch.save({'epoch': 24, 'state_dict': state, 'updates': 1000}, path)  # EMA layout
+    net, report = load_flashocc_checkpoint(path, get_config('flashocc-m0'))
+    assert report.ok, report.summary()
+    assert report.missing == [] and report.unexpected == []
+    assert len(report.loaded) == 430
+    assert report.additions and all(k.startswith('flow_head.') for k in report.additions)
+    sd = net.state_dict()
+    for key in ('img_backbone.layer3.5.conv2.weight', 'img_view_transformer.depth_net.bias',
+                'img_bev_encoder_neck.up2.2.running_var', 'occ_head.predicter.2.weight'):
+        assert torch.equal(sd[key], state[key])
+
+    # plain {'state_dict'} with a DataParallel prefix, into the exact FlashOCC structure
+    plain = tmp_path / 'flashocc_m0_plain.pth'
+    torch.save({'state_dict': {f'module.{k}': v for k, v in state.items()}}, plain)
+    net2, report2 = load_flashocc_checkpoint(plain, get_config('flashocc-m0', flow_head=False))
+    assert report2.ok and report2.additions == [] and len(report2.loaded) == 430
+    assert torch.equal(net2.state_dict()['img_backbone.conv1.weight'], state['img_backbone.conv1.weight'])
+
+    # CLI: import-flashocc writes our checkpoint, which loads back
+    out = tmp_path / 'ours.pt'
+    assert cli_main(['import-flashocc', str(path), '--config', 'flashocc-m0', '--out', str(out)]) == 0
+    loaded = load_checkpoint(out, get_config('flashocc-m0'))
+    assert torch.equal(loaded.state_dict()['img_neck.fpn_convs.0.conv.weight'], state['img_neck.fpn_convs.0.conv.weight'])
+    with pytest.raises(ModelCheckpointError, match='requested flashocc-m1'):
+        load_checkpoint(out, get_config('flashocc-m1'))
+
+
+def test_import_into_temporal_network_keeps_flashocc_output(flashocc_keys: dict) -> None:
+    state = random_flashocc_state(flashocc_keys['flashocc-m0'], seed=1)
+    net = OccNet(get_config('flashocc-m0', history=2))
+    report = import_flashocc_state_dict(net, state)
+    assert report.ok and len(report.widened) == 2
+    w = net.state_dict()['img_bev_encoder_backbone.layers.0.0.conv1.weight']
+    assert torch.equal(w[:, :64], state['img_bev_encoder_backbone.layers.0.0.conv1.weight'])
+    assert torch.count_nonzero(w[:, 64:]) == 0
+
+
+def test_import_rejects_wrong_config(flashocc_keys: dict) -> None:
+    state = random_flashocc_state(flashocc_keys['flashocc-m1'])
+    with pytest.raises(CheckpointError, match='depth_net'):
+        import_flashocc_state_dict(OccNet(get_config('flashocc-m0')), state)
+    with pytest.raises(CheckpointError, match='expected'):
+        extract_state_dict({'state_dict': {'a': 3}})
+
+
+def test_import_reports_unexpected_and_missing(flashocc_keys: dict) -> None:
+    state = random_flashocc_state(flashocc_keys['flashocc-m0'])
+    state['img_backbone.fc.weight'] = torch.zeros(1000, 2048)
+    del state['occ_head.predicter.2.bias']
+    report = import_flashocc_state_dict(OccNet(get_config('flashocc-m0')), state)
+    assert not report.ok
+    assert report.unexpected == ['img_backbone.fc.weight']
+    assert report.missing == ['occ_head.predicter.2.bias']
+
+
+def test_load_flashocc_checkpoint_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / 'bad.pth'
+    bad.write_bytes(b'not a checkpoint')
+    with pytest.raises(CheckpointError, match='bad.pth'):
+        load_flashocc_checkpoint(bad, get_config('flashocc-m0'))
+
+
+def test_forward_rejects_wrong_input_count() -> None:
+    from occ_perception.model.network import NetworkInputError
+
+    net = OccNet(get_config('tiny', history=2))
+    assert [s.name for s in net.input_specs()][-3:] == ['history_bev', 'history_theta', 'history_valid']
+    with pytest.raises(NetworkInputError, match='history_bev'):
+        net(torch.zeros(6, 128, 352, 3, dtype=torch.uint8))
