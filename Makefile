@@ -19,8 +19,10 @@ $(STAMP): occ_perception/setup.py constraints.txt
 
 test: test-main test-compat
 
+# pytest runs inside occ_perception/: from the repository root that folder (the ament
+# package, no __init__.py) would shadow the Python package of the same name.
 test-main: $(STAMP)
-	$(PY) -m pytest -q occ_perception/test
+	cd occ_perception && ../$(PY) -m pytest -q test
 
 $(COMPAT)/.installed: requirements-compat.txt occ_perception/setup.py
 	test -x $(COMPAT)/bin/python || $(PYTHON310) -m venv $(COMPAT)
@@ -34,7 +36,7 @@ test-compat:
 else
 test-compat: $(COMPAT)/.installed
 	$(COMPAT)/bin/python -c "import sys, numpy; print('compat run: Python', sys.version.split()[0], 'numpy', numpy.__version__)"
-	$(COMPAT)/bin/python -m pytest -q occ_perception/test
+	cd occ_perception && ../$(COMPAT)/bin/python -m pytest -q test
 endif
 
 demo: $(STAMP)

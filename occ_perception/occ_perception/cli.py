@@ -7,6 +7,7 @@ lists them explicitly.
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import sys
 from importlib import metadata
@@ -15,14 +16,17 @@ from . import __version__
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print versions of the package and of the optional runtime libraries."""
+    """Print versions of the package and of the optional runtime libraries (as imported, whatever installed them)."""
     print(f'occ_perception {__version__} on Python {platform.python_version()}')
-    for dist in ('numpy', 'torch', 'onnx', 'onnxruntime', 'tensorrt', 'rosbags', 'opencv-python-headless'):
+    for module in ('numpy', 'torch', 'onnx', 'onnxruntime', 'tensorrt', 'rosbags', 'cv2', 'pyquaternion'):
         try:
-            version = metadata.version(dist)
-        except metadata.PackageNotFoundError:
+            imported = importlib.import_module(module)
+            version = str(getattr(imported, '__version__', None) or metadata.version(module))
+        except ImportError:
             version = 'not installed'
-        print(f'  {dist}: {version}')
+        except metadata.PackageNotFoundError:
+            version = 'installed (version unknown)'
+        print(f'  {module}: {version}')
     return 0
 
 
@@ -67,6 +71,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    """Build the TensorRT engine of an exported ONNX file, or find it in the cache beside the file."""
+    from .model.config import get_config
+    from .model.network import OccNet
+    from .runtime.base import BackendError, match_specs
+    from .runtime.engine import build_engine, onnx_io_specs, shape_ranges
+    from .runtime.export import sample_inputs
+
+    config = get_config(args.config, history=args.history)
+    net = OccNet(config)
+    try:
+        inputs, _ = onnx_io_specs(args.onnx)
+        match_specs(net.input_specs(), inputs, args.onnx)
+        # tables get headroom for a recalibrated rig; images and history keep this rig's exact shapes
+        exact = ('images', 'history_bev', 'history_theta', 'history_valid')
+        ranges = shape_ranges(inputs, sample_inputs(net), headroom=args.headroom, exact=exact)
+        path = build_engine(args.onnx, ranges, precision=args.precision, workspace_bytes=int(args.workspace_gb * (1 << 30)),
+                            rebuild=args.rebuild)
+    except BackendError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    print(f'engine: {path}')
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Splat and end-to-end timings on onnxruntime CPU (medians of repeats in one run)."""
     from .runtime.bench import run_bench
@@ -101,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument('--out', required=True, help='output .onnx')
     exp.add_argument('--dynamo', action='store_true', help='use the torch.export-based exporter (needs onnxscript)')
     exp.set_defaults(func=cmd_export)
+
+    eng = sub.add_parser('build-engine', help='build (or find cached) the TensorRT engine of an ONNX file')
+    eng.add_argument('onnx', help='ONNX file from `occ-perception export`')
+    eng.add_argument('--config', required=True, choices=sorted(CONFIGS), help='the config it was exported with')
+    eng.add_argument('--history', type=int, default=None, help='K it was exported with (default: the config\'s)')
+    eng.add_argument('--precision', choices=['fp16', 'fp32'], default='fp16')
+    eng.add_argument('--headroom', type=float, default=2.0, help='largest splat table length as a multiple of the nuScenes rig\'s')
+    eng.add_argument('--workspace-gb', type=float, default=4.0, help='builder workspace memory limit [GiB]')
+    eng.add_argument('--rebuild', action='store_true', help='build even if the cache holds an engine for this key')
+    eng.set_defaults(func=cmd_build_engine)
 
     bench = sub.add_parser('bench', help='splat and end-to-end timings on onnxruntime CPU')
     bench.add_argument('--repeats', type=int, default=15)

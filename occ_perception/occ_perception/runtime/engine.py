@@ -160,12 +160,15 @@ class ShapeRange:
         return len(shape) == len(self.opt) and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
 
 
-def shape_ranges(specs: Sequence[TensorSpec], feeds: Mapping[str, Any], headroom: float = 2.0) -> dict[str, ShapeRange]:
+def shape_ranges(
+    specs: Sequence[TensorSpec], feeds: Mapping[str, Any], headroom: float = 2.0, exact: Sequence[str] = ()
+) -> dict[str, ShapeRange]:
     """Optimisation-profile ranges for every input from one example of feeds.
 
     Fixed dimensions stay fixed; each dynamic dimension (splat tables, whose
     lengths depend on the rig) gets min 1, opt the example's size and max
     ``ceil(size * headroom)``, so a recalibrated rig fits the same engine.
+    Inputs named in ``exact`` (the images: one camera count) keep the example's shape.
 
     Raises:
         EngineError: a feed is missing or contradicts a fixed dimension.
@@ -177,6 +180,9 @@ def shape_ranges(specs: Sequence[TensorSpec], feeds: Mapping[str, Any], headroom
         shape = tuple(int(d) for d in feeds[spec.name].shape)
         if len(shape) != len(spec.shape) or any(e is not None and e != s for e, s in zip(spec.shape, shape)):
             raise EngineError(f'shape_ranges: example {list(shape)} does not fit input {spec.describe()}')
+        if spec.name in exact:
+            ranges[spec.name] = ShapeRange(shape, shape, shape)
+            continue
         lo = tuple(s if e is not None else 1 for e, s in zip(spec.shape, shape))
         hi = tuple(s if e is not None else max(s, math.ceil(s * headroom)) for e, s in zip(spec.shape, shape))
         ranges[spec.name] = ShapeRange(lo, shape, hi)
