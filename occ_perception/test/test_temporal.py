@@ -163,3 +163,36 @@ def test_warp_of_static_world_matches_map_at_new_pose(motion) -> None:
     assert error.max() < 0.02, error.max()  # bilinear interpolation error of a smooth field at 0.4 m cells
     # and it is the warp that does it: without it the maps disagree
     assert np.abs(history.bev[0, 0] - expected)[inside].max() > 0.2
+    # the network's own warp (what the exported graph runs) gives the same map
+    from occ_perception.model.bev import HistoryWarp
+
+    feeds = {k: torch.from_numpy(v) for k, v in history.feeds().items()}
+    in_graph = HistoryWarp((200, 200))(feeds['history_bev'], feeds['history_theta'], feeds['history_valid'])
+    np.testing.assert_allclose(in_graph[0, 0].numpy(), warped, atol=1e-5)
+
+
+def test_cache_feeds_a_temporal_network() -> None:
+    """Three frames at 2 Hz through the tiny temporal network: the history fills slot by slot."""
+    torch = pytest.importorskip('torch')
+    from occ_perception.model.config import get_config
+    from occ_perception.model.network import OccNet
+    from occ_perception.runtime.export import sample_inputs
+    from occ_perception.runtime.torch_backend import TorchBackend
+
+    config = get_config('tiny', history=2)
+    torch.manual_seed(0)
+    net = OccNet(config)
+    backend = TorchBackend(net, net.input_specs(), net.output_names())
+    bev_spec = next(s for s in net.output_specs() if s.name == 'bev_feature')
+    c = BevCache(TemporalConfig(offsets=config.history_offsets), GRID, bev_spec.shape)
+    feeds = sample_inputs(net)
+    seen = []
+    for i in range(3):
+        stamp, pose = i * 500 * MS, Transform(translation=[2.0 * i, 0.0, 0.0])
+        history = c.prepare(stamp, pose, 'nuscenes')
+        feeds.update(history.feeds())
+        out = backend.run(feeds)
+        c.push(stamp, pose, out['bev_feature'].numpy())
+        seen.append(history.valid.tolist())
+    assert seen == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
+    assert out['labels'].shape == GRID.shape
