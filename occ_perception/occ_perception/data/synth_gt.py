@@ -7,9 +7,9 @@ timestamp), on a :class:`~occ_perception.grid.GridSpec` (default Occ3D:
 - semantics (uint8): the ground plane z = 0 fills the voxel layer that contains
   it (layer 2, [-0.2, 0.2) m) with the ground class under each column's centre;
   above it, a voxel takes the class of the primitive that contains its centre;
-  primitives thinner than two voxels are sampled at 2 x 2 x 2 points per voxel
-  (any point inside marks the voxel), so walls, poles, cones and pedestrians
-  never fall between voxel centres. Moving agents are written after static
+  primitives thinner than two voxels are sampled at 2 x 2 horizontal points at
+  the voxel centre's height (any point inside marks the voxel), so walls,
+  poles, cones and pedestrians never fall between voxel centres. Moving agents are written after static
   objects. Everything else is 17 (free). The ego vehicle is not in the grid.
 - flow (float32, [..., 2]): for voxels of an object, its velocity over ground
   (the box's, rigid translation) rotated into the keyframe ego axes (vx, vy) [m/s];
@@ -116,7 +116,7 @@ def voxelize(world: World, state: WorldState, grid: GridSpec = OCC3D_GRID) -> tu
     vel_ego = state.obj_velocity @ rot[:2, :2]  # R^T v for planar rotations: rows (vx, vy) map -> ego
     dynamic = np.any(state.obj_velocity != 0.0, axis=1) | world.obj_follow
     order = np.argsort(dynamic[world.prim_owner], kind='stable')
-    sub = np.array([[sx, sy, sz] for sx in (-0.25, 0.25) for sy in (-0.25, 0.25) for sz in (-0.25, 0.25)]) * vs
+    sub = np.array([[sx, sy, 0.0] for sx in (-0.25, 0.25) for sy in (-0.25, 0.25)]) * vs
     for i in order:
         if not near[i]:
             continue
@@ -134,7 +134,7 @@ def voxelize(world: World, state: WorldState, grid: GridSpec = OCC3D_GRID) -> tu
         px, py, pz = np.meshgrid(*ax, indexing='ij')
         p = np.stack([px, py, pz], -1)
         if small:
-            p = p[..., None, :] + sub  # (nx, ny, nz, 8, 3)
+            p = p[..., None, :] + sub  # (nx, ny, nz, 4, 3)
         rel = p - c
         if world.prim_kind[i] == SPHERE:
             inside = np.einsum('...k,...k->...', rel, rel) <= h[0] * h[0]
