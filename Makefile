@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed-test
 
 venv: $(STAMP)
 
-$(STAMP): occ_perception/setup.py constraints.txt
+$(STAMP): occ_perception/setup.py constraints.txt occ_perception/test/requirements-devkit.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e './occ_perception[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r occ_perception/test/requirements-devkit.txt
 	touch $@
 
 test: $(STAMP)

@@ -56,6 +56,11 @@ RUNTIME = [
     'onnxruntime>=1.16',
 ]
 
+# What nuscenes-devkit 1.2.0's `nuscenes.nuscenes` module imports beyond RUNTIME. The devkit itself pins
+# numpy<2 and Shapely~=2.0.3 for parts we do not use, so `make test` installs it with --no-deps from
+# test/requirements-devkit.txt; loading tables, get_box and ego poses work with numpy 2.
+DEVKIT_IMPORTS = ['matplotlib>=3.6', 'scikit-learn>=1.3', 'cachetools>=5']
+
 setup(
     name=PACKAGE,
     version='0.1.0',
@@ -76,7 +81,7 @@ setup(
     install_requires=[],
     extras_require={
         'runtime': RUNTIME,
-        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5'],
+        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5'] + DEVKIT_IMPORTS,
     },
     cmdclass={'build_py': BuildPyWithMessages},
     zip_safe=False,

@@ -416,9 +416,11 @@ def _shade(world: World, centers, yaws, origin, dirs, t, prim) -> tuple[np.ndarr
             base[bld] = b
         veh = style == STYLE_VEHICLE
         if veh.any():
-            side = veh & (axis != 2) & (u[:, 2] > 0.05) & (np.abs(np.where(axis == 0, u[:, 1], u[:, 0])) < 0.9)
-            upper = side & (vert > 1.0)  # windows only above 1 m (car cabins, bus windows)
-            base[upper] = (0.03, 0.04, 0.05)
+            zabs = lz + centers[pid, 2].astype(np.float32)  # height above the ground
+            top = 2 * half[:, 2] + centers[pid, 2].astype(np.float32) - half[:, 2]
+            across = np.abs(np.where(axis == 0, u[:, 1], u[:, 0]))
+            glass = veh & (axis != 2) & (zabs > 1.0) & (zabs < top - 0.12) & (across < 0.88)
+            base[glass] = (0.03, 0.04, 0.05)  # windows: car cabins, truck cabs, bus window bands
             tex[veh] = 0.95 + 0.05 * n2[veh]
         stp = np.flatnonzero(style == STYLE_STRIPES)
         if stp.size:
