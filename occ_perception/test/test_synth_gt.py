@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 from occ_perception.data.synth_gt import (
+    RANGE_TOLERANCE,
     GroundTruthError,
     camera_mask_rays,
+    camera_ray_ranges,
     ground_truth,
     march_visibility,
 )
-from occ_perception.data.synth_render import GROUND, render_camera
+from occ_perception.data.synth_render import render_camera
 from occ_perception.data.synth_world import SPHERE, generate_world
 from occ_perception.geometry import Transform
 from occ_perception.grid import CLASS_NAMES, FREE_LABEL, OCC3D_GRID, GridSpec
@@ -34,7 +36,8 @@ def scene():
 def _per_camera_consistency(world, state, rig, gt):
     """Agreement of visible occupied voxels with the image of the camera that saw them.
 
-    Each occupied voxel that a camera's mask rays reach is projected (its centre) into that camera,
+    Each occupied voxel that this camera's mask rays reach (as ground_truth() casts them) is projected
+    (its centre) into that camera,
     rendered at the same instant. Returns (class agreement, depth agreement, count): the fraction whose
     pixel shows the voxel's class, and the fraction whose rendered depth is within one voxel diagonal of
     the voxel centre's depth.
@@ -43,8 +46,10 @@ def _per_camera_consistency(world, state, rig, gt):
     centers = OCC3D_GRID.voxel_centers()
     agree_cls = agree_depth = total = 0
     for cam in rig.cameras:
-        o, d = camera_mask_rays(Rig((cam,)))
-        seen = march_visibility(OCC3D_GRID, occupied, o, d) & occupied
+        single = Rig((cam,))
+        o, d = camera_mask_rays(single)
+        reach = camera_ray_ranges(world, state, single) + RANGE_TOLERANCE
+        seen = march_visibility(OCC3D_GRID, occupied, o, d, reach) & occupied
         pts = centers[seen]
         labels = gt.semantics[seen]
         uv, depth = cam.project(pts)

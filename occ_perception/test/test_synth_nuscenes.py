@@ -46,6 +46,9 @@ def test_layout_and_occ3d_labels(dataset):
     cfg, report = dataset
     out = Path(cfg.out)
     assert report.scene_names == ['scene-0000', 'scene-0001']
+    for classes in report.classes:  # non-free Occ3D classes in each scene's ground truth (3 keyframes)
+        print('classes in the ground truth:', len(classes), classes)
+        assert len(classes) >= 12
     samples = json.loads((out / 'v1.0-mini' / 'sample.json').read_text())
     assert len(samples) == 2 * cfg.keyframes
     for scene in report.scene_names:

@@ -16,7 +16,10 @@ timestamp), on a :class:`~occ_perception.grid.GridSpec` (default Occ3D:
   0 for static objects and free space.
 - mask_camera / mask_lidar (uint8 0/1): voxels traversed by a camera (lidar)
   ray, from the sensor up to and including the first occupied voxel, by an
-  exact voxel traversal (Amanatides-Woo). Camera rays go through the pixel
+  exact voxel traversal (Amanatides-Woo). A ray also ends where the real ray
+  meets the scene (the renderer's hit distance, plus half a voxel), so a ray
+  that hits a surface does not slip past its voxelised silhouette into voxels
+  behind it. Camera rays go through the pixel
   centres of each camera's image resampled to ``camera_rays`` (default
   200 x 112 per camera, about 0.36 degree spacing, denser than a voxel at the
   grid's 40 m edge); lidar rays are those of :class:`~.synth_render.LidarSpec`
@@ -35,7 +38,7 @@ import numpy as np
 from ..geometry import Transform
 from ..grid import FREE_LABEL, OCC3D_GRID, GridSpec
 from ..rig import Camera, Rig
-from .synth_render import LidarSpec, pixel_rays
+from .synth_render import LidarSpec, lidar_ranges, pixel_rays, render_camera
 from .synth_world import GROUND_Z, SPHERE, World, WorldState
 
 __all__ = [
@@ -155,7 +158,8 @@ def voxelize(world: World, state: WorldState, grid: GridSpec = OCC3D_GRID) -> tu
     return sem, owner, flow
 
 
-def march_visibility(grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+def march_visibility(grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, dirs: np.ndarray,
+                     max_range: np.ndarray | None = None) -> np.ndarray:
     """Voxels traversed by rays up to and including the first occupied voxel (exact grid traversal).
 
     Args:
@@ -163,6 +167,8 @@ def march_visibility(grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, 
         occupied: (X, Y, Z) bool.
         origins: (R, 3) ray origins [m] in the grid's frame; they must lie inside the grid.
         dirs: (R, 3) ray directions (any length > 0).
+        max_range: optional (R,) [m]: a ray also ends before a voxel it enters farther than this
+            (the distance at which the real ray meets a surface, plus a tolerance).
 
     Returns:
         (X, Y, Z) bool.
@@ -178,12 +184,15 @@ def march_visibility(grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, 
         raise GroundTruthError(f'march_visibility: origins and dirs must both be (R, 3), got {o.shape}, {d.shape}')
     if np.any(np.linalg.norm(d, axis=1) == 0):
         raise GroundTruthError('march_visibility: a ray direction is zero')
+    norm = np.linalg.norm(d, axis=1)
+    limit = np.full(len(d), np.inf) if max_range is None else np.asarray(max_range, dtype=np.float64) / vs
     idx = np.floor(o).astype(np.int64)
     if np.any(idx < 0) or np.any(idx >= shape):
         raise GroundTruthError('march_visibility: every ray origin must lie inside the grid')
     visible = np.zeros(int(np.prod(shape)), bool)
     occ = occupied.reshape(-1)
     sy, sz = int(shape[1]), int(shape[2])
+    d = d / norm[:, None]  # unit directions: traversal parameters are distances in voxels
     with np.errstate(divide='ignore', invalid='ignore'):
         inv = np.where(d != 0, 1.0 / np.abs(d), np.inf)
         frac = np.where(d > 0, idx + 1 - o, o - idx)
@@ -201,29 +210,51 @@ def march_visibility(grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, 
         mx = (tx <= ty) & (tx <= tz)
         my = ~mx & (ty <= tz)
         mz = ~mx & ~my
+        entry = np.where(mx, tx, np.where(my, ty, tz))  # where the ray enters the next voxel [voxels]
         ix = ix + sx_ * mx
         iy = iy + sy_ * my
         iz = iz + sz_ * mz
         tx = tx + np.where(mx, dx, 0.0)
         ty = ty + np.where(my, dy, 0.0)
         tz = tz + np.where(mz, dz, 0.0)
-        keep &= (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (iz >= 0) & (iz < nz)
+        keep &= (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (iz >= 0) & (iz < nz) & (entry <= limit)
         if not keep.all():
             ix, iy, iz, tx, ty, tz = ix[keep], iy[keep], iz[keep], tx[keep], ty[keep], tz[keep]
             dx, dy, dz, sx_, sy_, sz_ = dx[keep], dy[keep], dz[keep], sx_[keep], sy_[keep], sz_[keep]
+            limit = limit[keep]
     return visible.reshape(grid.shape)
 
 
-def camera_mask_rays(rig: Rig, rays: tuple[int, int] = (200, 112)) -> tuple[np.ndarray, np.ndarray]:
-    """Origins and directions (R, 3) in base_link of every camera's mask rays (``rays`` = columns, rows per camera)."""
-    origins, dirs = [], []
+def _mask_camera(rig: Rig, rays: tuple[int, int]) -> list[Camera]:
+    """Each camera of ``rig`` with its image resampled to ``rays`` (columns, rows): the same field of view."""
+    cams = []
     for cam in rig.cameras:
         sx, sy = rays[0] / cam.width, rays[1] / cam.height
-        small = Camera(cam.name, np.diag([sx, sy, 1.0]) @ cam.intrinsics, rays[0], rays[1], cam.cam_to_ego)
-        d = pixel_rays(small).reshape(-1, 3) @ cam.cam_to_ego.rotation_matrix().T
+        cams.append(Camera(cam.name, np.diag([sx, sy, 1.0]) @ cam.intrinsics, rays[0], rays[1], cam.cam_to_ego))
+    return cams
+
+
+def camera_mask_rays(rig: Rig, rays: tuple[int, int] = (200, 112)) -> tuple[np.ndarray, np.ndarray]:
+    """Origins and unit directions (R, 3) in base_link of every camera's mask rays (``rays`` = columns, rows)."""
+    origins, dirs = [], []
+    for cam in _mask_camera(rig, rays):
+        d = pixel_rays(cam).reshape(-1, 3) @ cam.cam_to_ego.rotation_matrix().T
         dirs.append(d)
         origins.append(np.broadcast_to(cam.cam_to_ego.translation, d.shape))
     return np.concatenate(origins), np.concatenate(dirs)
+
+
+def camera_ray_ranges(world: World, state: WorldState, rig: Rig, rays: tuple[int, int] = (200, 112)) -> np.ndarray:
+    """Distance [m] at which each mask ray of :func:`camera_mask_rays` meets the scene (inf: sky), (R,)."""
+    ranges = []
+    for cam in _mask_camera(rig, rays):
+        img = render_camera(world, state, cam, shade=False)
+        ranges.append((img.depth / pixel_rays(cam)[..., 2]).reshape(-1))
+    return np.concatenate(ranges)
+
+
+RANGE_TOLERANCE = OCC3D_GRID.voxel_size / 2.0
+"""How far past the real surface a mask ray may still enter a voxel [m] (half a voxel)."""
 
 
 def ground_truth(
@@ -239,11 +270,13 @@ def ground_truth(
     sem, owner, flow = voxelize(world, state, grid)
     occupied = sem != FREE_LABEL
     o, d = camera_mask_rays(rig, camera_rays)
-    mask_camera = march_visibility(grid, occupied, o, d)
+    reach = camera_ray_ranges(world, state, rig, camera_rays) + RANGE_TOLERANCE
+    mask_camera = march_visibility(grid, occupied, o, d, reach)
     spec = lidar or LidarSpec()
     ld = spec.directions().reshape(-1, 3)
     lo = np.broadcast_to(lidar_to_ego.translation, ld.shape)
-    mask_lidar = march_visibility(grid, occupied, lo, ld)
+    t, _ = lidar_ranges(world, state, lidar_to_ego, spec)
+    mask_lidar = march_visibility(grid, occupied, lo, ld, t.reshape(-1) + RANGE_TOLERANCE)
     return GroundTruth(sem, mask_lidar.astype(np.uint8), mask_camera.astype(np.uint8), flow, owner)
 
 

@@ -40,6 +40,8 @@ __all__ = [
     'LidarScan',
     'LidarSpec',
     'RenderError',
+    'lidar_ranges',
+    'pixel_rays',
     'SKY',
     'GROUND',
     'render_camera',
@@ -230,6 +232,7 @@ def _cast(
             np.minimum(tmax, lo, out=tmax)
             hit = (tmax >= tmin) & (tmin > NEAR)
             t = tmin
+        hit &= t <= far
         sub_t = t_buf[r0:r1, c0:c1]
         closer = hit & (t < sub_t)
         n_hit = int(np.count_nonzero(hit))
@@ -447,7 +450,6 @@ def render_camera(
     state: WorldState,
     cam: Camera,
     shade: bool = True,
-    ego_pose: Transform | None = None,
 ) -> CameraImage:
     """Render one camera of the ego vehicle.
 
@@ -456,14 +458,13 @@ def render_camera(
         state: the world state at the camera's timestamp (ego pose and objects).
         cam: a camera of the rig (intrinsics for its image size; ``cam_to_ego``).
         shade: compute the RGB image (False: only label, depth and prim, for tests).
-        ego_pose: override of ``state.ego_pose`` (``T_map_ego``).
 
     Returns:
         :class:`CameraImage`.
     """
     if cam.width <= 0 or cam.height <= 0:
         raise RenderError(f'render_camera: camera {cam.name!r} has an empty image')
-    pose = (ego_pose or state.ego_pose) @ cam.cam_to_ego  # T_map_cam
+    pose = state.ego_pose @ cam.cam_to_ego  # T_map_cam
     rot = pose.rotation_matrix()
     origin = pose.translation
     rays_cam = pixel_rays(cam)
@@ -501,23 +502,34 @@ def _labels_only(world: World, origin, dirs, t, prim) -> np.ndarray:
     return label
 
 
-def scan_lidar(world: World, state: WorldState, lidar_to_ego: Transform, spec: LidarSpec | None = None,
-               ego_pose: Transform | None = None) -> LidarScan:
-    """Cast the lidar's rays at one instant (no rolling-shutter motion within the sweep).
+def lidar_ranges(world: World, state: WorldState, lidar_to_ego: Transform,
+                 spec: LidarSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Distance [m] (inf: no return within range) and primitive id of every lidar ray, both (beams, azimuths).
 
-    The beams are defined about the ego's z axis at the lidar's position (a level lidar);
-    points are returned in the lidar sensor frame (``lidar_to_ego``'s child frame), as nuScenes stores them.
+    The beams are defined about the ego's z axis at the lidar's position (a level lidar), cast at one instant.
     """
     spec = spec or LidarSpec()
-    pose = ego_pose or state.ego_pose
+    pose = state.ego_pose
     origin = pose.apply(lidar_to_ego.translation)
     rot = pose.rotation_matrix()
-    dirs_ego = spec.directions()  # (B, A, 3)
-    dirs = (dirs_ego @ rot.T).astype(np.float32)
+    dirs = (spec.directions() @ rot.T).astype(np.float32)
     centers, yaws = world.primitives_at(state)
     rects = _lidar_rects(centers, yaws, world.prim_half, origin, rot, spec)
     t, prim, _ = _cast(world, centers, yaws, origin, dirs, rects, spec.max_range)
-    ok = np.isfinite(t) & (t <= spec.max_range)
+    return t, prim
+
+
+def scan_lidar(world: World, state: WorldState, lidar_to_ego: Transform, spec: LidarSpec | None = None) -> LidarScan:
+    """Cast the lidar's rays at one instant (no motion within the sweep).
+
+    Points are returned in the lidar sensor frame (``lidar_to_ego``'s child frame), as nuScenes stores them.
+    """
+    spec = spec or LidarSpec()
+    t, prim = lidar_ranges(world, state, lidar_to_ego, spec)
+    pose = state.ego_pose
+    origin = pose.apply(lidar_to_ego.translation)
+    dirs = spec.directions() @ pose.rotation_matrix().T
+    ok = np.isfinite(t)
     rows = np.broadcast_to(np.arange(dirs.shape[0])[:, None], t.shape)[ok]
     pts_map = origin[None, :] + t[ok][:, None].astype(np.float64) * dirs[ok]
     pts_ego = pose.inverse().apply(pts_map)
@@ -530,11 +542,6 @@ def scan_lidar(world: World, state: WorldState, lidar_to_ego: Transform, spec: L
     return LidarScan(points, owner.astype(np.int64))
 
 
-def lidar_rays_ego(spec: LidarSpec, lidar_to_ego: Transform) -> tuple[np.ndarray, np.ndarray]:
-    """Origin (3,) and unit directions (B, A, 3) of the lidar's rays in the ego frame."""
-    return lidar_to_ego.translation.copy(), spec.directions()
-
-
 def _lidar_rects(centers, yaws, half, origin, rot, spec: LidarSpec) -> np.ndarray:
     """[row0, row1, col0, col1) candidate rectangles of primitives for the lidar's (beam, azimuth) ray grid.
 
@@ -544,7 +551,6 @@ def _lidar_rects(centers, yaws, half, origin, rot, spec: LidarSpec) -> np.ndarra
     rel = (corners - origin) @ rot  # into ego axes
     az = np.arctan2(rel[..., 1], rel[..., 0])
     rng = np.linalg.norm(rel[..., :2], axis=-1)
-    el = np.arctan2(rel[..., 2], np.maximum(rng, 1e-6))
     c_rel = (centers - origin) @ rot
     az_c = np.arctan2(c_rel[:, 1], c_rel[:, 0])
     daz = (az - az_c[:, None] + np.pi) % (2 * np.pi) - np.pi

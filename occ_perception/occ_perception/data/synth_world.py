@@ -28,7 +28,7 @@ ego pose and every object's pose and velocity at a timestamp.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -253,7 +253,6 @@ class World:
     prim_style: np.ndarray
     prim_seed: np.ndarray
     name: str = 'synth'
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_objects(self) -> int:
@@ -662,7 +661,6 @@ def generate_world(
     # Traffic: the ego's lane (right, +s) and the oncoming lane (left, -s). Speeds never let a follower
     # catch up with its leader during the scene: along the direction of travel speeds do not decrease.
     ego_s0 = p.road_before
-    t_end = duration_s + 2.0
     lane = p.lane_center
     # Ego lane ahead of the ego.
     s = ego_s0 + rng.uniform(12, 30)
@@ -769,7 +767,6 @@ def generate_world(
         prim_style=np.array([q[7] for q in prims], np.uint8),
         prim_seed=np.array([q[8] for q in prims], np.int64),
         name=name,
-        extra={'t_end': t_end},
     )
 
 
