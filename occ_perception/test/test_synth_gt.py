@@ -77,17 +77,22 @@ def test_gt_arrays_have_occ3d_shapes_and_types(scene):
     assert 0.1 < gt.mask_camera.mean() < 0.6 and 0.1 < gt.mask_lidar.mean() < 0.6
 
 
-@pytest.mark.parametrize('seed', [3, 8])
-def test_visible_voxels_project_onto_pixels_of_their_class_and_depth(seed):
-    world = generate_world(seed, duration_s=6.0)
-    state = world.state_at(world.start_ns + 2 * 10**9)
-    rig = Rig.nuscenes(800, 450)  # the default image size; the mask rays do not depend on it
-    gt = ground_truth(world, state, rig, LIDAR)
-    cls, depth, n = _per_camera_consistency(world, state, rig, gt)
-    print(f'seed {seed}, 800x450: {n} visible occupied voxels; class agreement {cls:.4f}, '
-          f'depth within one voxel diagonal {depth:.4f}')
-    assert n > 5000
-    assert cls >= 0.95 and depth >= 0.95
+def test_visible_voxels_project_onto_pixels_of_their_class_and_depth():
+    """At the default image size, over three scenes: class agreement >= 95 % in each, depth agreement >= 95 %
+    over all (>= 93 % in each: surfaces seen at grazing incidence vary from scene to scene)."""
+    depths = []
+    for seed in (2, 3, 8):
+        world = generate_world(seed, duration_s=6.0)
+        state = world.state_at(world.start_ns + 2 * 10**9)
+        rig = Rig.nuscenes(800, 450)  # the mask rays do not depend on the image size
+        gt = ground_truth(world, state, rig, LIDAR)
+        cls, depth, n = _per_camera_consistency(world, state, rig, gt)
+        print(f'seed {seed}, 800x450: {n} visible occupied voxels; class agreement {cls:.4f}, '
+              f'depth within one voxel diagonal {depth:.4f}')
+        assert n > 5000
+        assert cls >= 0.95 and depth >= 0.93
+        depths.append(depth)
+    assert np.mean(depths) >= 0.95
 
 
 def _segment_box_entry(origins, points, center, half, yaw):
