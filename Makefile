@@ -14,8 +14,11 @@ $(STAMP): occ_perception/setup.py constraints.txt occ_perception/test/requiremen
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r occ_perception/test/requirements-devkit.txt
 	touch $@
 
+# From inside occ_perception/: `python -m pytest` puts the working directory on sys.path, and at the
+# repository root the folder occ_perception/ (no __init__.py) would shadow the installed package as
+# a namespace package; one level down, occ_perception/occ_perception is the real package.
 test: $(STAMP)
-	$(PY) -m pytest -q occ_perception/test
+	cd occ_perception && $(abspath $(PY)) -m pytest -q test
 
 demo: $(STAMP)
 	@echo "make demo arrives with the synthetic world and the shipped tiny model (see README)." >&2
