@@ -62,6 +62,7 @@ def test_layout_and_occ3d_labels(dataset):
     for ch in CAMERA_CHANNELS:
         assert len(list((out / 'samples' / ch).glob('*.jpg'))) == 2 * cfg.keyframes
         assert len(list((out / 'sweeps' / ch).glob('*.jpg'))) == 2 * (cfg.keyframes - 1) * 5
+    assert sorted(p.name for p in (out / 'preview').glob('*.png')) == ['scene-0000.png', 'scene-0001.png']
     scans = sorted((out / 'samples' / 'LIDAR_TOP').glob('*.pcd.bin'))
     pts = np.fromfile(scans[0], dtype=np.float32).reshape(-1, 5)
     assert len(pts) > 10000 and set(np.unique(pts[:, 4])) <= set(range(32))

@@ -7,6 +7,7 @@ Layout under ``out``::
     samples/LIDAR_TOP/*.pcd.bin     keyframe lidar scans, float32 (x, y, z, intensity, ring) per point
     sweeps/CAM_*/*.jpg              12 Hz camera frames between keyframes (with ``sweeps=True``)
     maps/<token>.png                drivable-area mask per log, 0.1 m per pixel (the devkit's MapMask)
+    preview/<scene>.png             the middle keyframe: six cameras and a top view of the ground truth
     gts/<scene>/<sample>/labels.npz Occ3D ground truth of each keyframe (+ flow)
 
 Timing follows nuScenes: a keyframe (sample) every 0.5 s at the LIDAR_TOP
@@ -30,7 +31,7 @@ import cv2
 import numpy as np
 
 from ..geometry import Transform
-from ..grid import OCC3D_GRID
+from ..grid import OCC3D_GRID, class_colors
 from ..rig import NUSCENES_CALIBRATION, Rig
 from .synth_gt import GroundTruth, ground_truth, save_labels_npz
 from .synth_render import LidarSpec, render_camera, scan_lidar
@@ -216,6 +217,30 @@ def _write_map(path: Path, world: World) -> None:
     path.write_bytes(buf.tobytes())
 
 
+def bev_image(gt: GroundTruth, scale: int = 2) -> np.ndarray:
+    """Top view of the ground truth (H, W, 3) uint8 RGB: the highest occupied voxel's class colour per column,
+    x (forward) up and y (left) to the left; columns never seen by a camera are darkened."""
+    occupied = gt.semantics != 17
+    top = gt.semantics.shape[2] - 1 - np.argmax(occupied[:, :, ::-1], axis=2)
+    label = np.take_along_axis(gt.semantics, top[..., None], axis=2)[..., 0]
+    img = class_colors()[label]
+    img[~occupied.any(axis=2)] = 0
+    seen = gt.mask_camera.any(axis=2)
+    img[~seen] = img[~seen] // 3
+    img = img[::-1, ::-1]  # rows: -x, columns: -y
+    return np.kron(img, np.ones((scale, scale, 1), np.uint8))
+
+
+def _preview(images: list[np.ndarray], gt: GroundTruth) -> np.ndarray:
+    """Six camera images (rig order: front-left, front, front-right over back-left, back, back-right) beside a BEV."""
+    h = 225
+    small = [cv2.resize(im, (int(round(im.shape[1] * h / im.shape[0])), h), interpolation=cv2.INTER_AREA)
+             for im in images]
+    grid = np.concatenate([np.concatenate(small[:3], axis=1), np.concatenate(small[3:], axis=1)], axis=0)
+    bev = cv2.resize(bev_image(gt, 1), (grid.shape[0], grid.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return np.concatenate([grid, bev], axis=1)
+
+
 class _Tables:
     def __init__(self) -> None:
         self.t: dict[str, list] = {name: [] for name in (
@@ -345,12 +370,14 @@ def generate_dataset(
             # Cameras, each at its own time.
             hits = np.zeros(world.num_objects, np.int64)
             visible = np.zeros(world.num_objects, np.int64)
+            rgbs = {}
             for ch in CAMERA_CHANNELS:
                 ts = lidar_us + CAMERA_OFFSETS_US[ch]
                 st = world.state_at(ts * 1000)
                 img = render_camera(world, st, channels_of[ch])
                 hits += img.owner_hits
                 visible += img.owner_visible
+                rgbs[ch] = img.rgb
                 fname = f'samples/{ch}/{logname}__{ch}__{ts}.jpg'
                 (out / 'samples' / ch).mkdir(parents=True, exist_ok=True)
                 _write_jpeg(out / fname, img.rgb, cfg.jpeg_quality)
@@ -367,6 +394,10 @@ def generate_dataset(
             gt_dir.mkdir(parents=True, exist_ok=True)
             save_labels_npz(gt_dir / 'labels.npz', gt)
             present |= set(np.unique(gt.semantics).tolist())
+            if k == n_key // 2:  # a picture of the scene for people: six cameras and the ground truth from above
+                (out / 'preview').mkdir(parents=True, exist_ok=True)
+                panel = _preview([rgbs[c.name.upper()] for c in rig.cameras], gt)
+                cv2.imwrite(str(out / 'preview' / f'{scene_name}.png'), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
             if on_keyframe is not None:
                 on_keyframe(scene_name, k, gt)
             # Annotations.
