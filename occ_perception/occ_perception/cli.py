@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth = sub.add_parser('synth', help='synthetic nuScenes-format dataset with Occ3D ground truth and flow')
     synth.add_argument('--out', required=True, help='output folder (dataroot)')
     synth.add_argument('--scenes', type=int, default=2, help='number of scenes (default 2)')
-    synth.add_argument('--seconds', type=float, default=10.0, help='scene length in seconds (default 10; 2 keyframes/s)')
+    synth.add_argument('--seconds', type=float, default=10.0,
+                       help='scene length in seconds (default 10; 2 keyframes per second)')
     synth.add_argument('--seed', type=int, default=0, help='dataset seed (default 0)')
     synth.add_argument('--width', type=int, default=800, help='image width in pixels (default 800)')
     synth.add_argument('--height', type=int, default=450, help='image height in pixels (default 450)')

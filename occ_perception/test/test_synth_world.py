@@ -65,6 +65,45 @@ def test_velocity_is_the_derivative_of_position(world):
     assert b.ego_pose.translation[2] == 0.0
 
 
+def _footprints_overlap(c1, y1, h1, c2, y2, h2) -> bool:
+    """Separating-axis test of two oriented rectangles (centre, yaw, half sizes)."""
+    def axes(y):
+        return [np.array([np.cos(y), np.sin(y)]), np.array([-np.sin(y), np.cos(y)])]
+
+    def corners(c, y, h):
+        a, b = axes(y)
+        return np.array([c + sx * h[0] * a + sy * h[1] * b for sx in (-1, 1) for sy in (-1, 1)])
+
+    p1, p2 = corners(c1, y1, h1), corners(c2, y2, h2)
+    for ax in axes(y1) + axes(y2):
+        a1, a2 = p1 @ ax, p2 @ ax
+        if a1.max() < a2.min() or a2.max() < a1.min():
+            return False
+    return True
+
+
+@pytest.mark.parametrize('seed', [1, 7])
+def test_nothing_collides_during_the_scene(seed):
+    """No agent overlaps another agent, a static object or the ego at any time of the scene."""
+    world = generate_world(seed, duration_s=8.0)
+    n = world.num_objects
+    for t in np.arange(0.0, 8.01, 1.0):
+        st = world.state_at(world.start_ns + int(t * 1e9))
+        yaw_e = yaw_of(st.ego_pose)
+        ego_xy = st.ego_pose.translation[:2] + 1.3 * np.array([np.cos(yaw_e), np.sin(yaw_e)])  # box centre
+        centers = np.vstack([st.obj_xy, ego_xy])
+        yaws = np.append(st.obj_yaw, yaw_e)
+        half = np.vstack([world.obj_size[:, :2] / 2, [2.4, 1.0]])
+        moving = np.append(world.obj_follow, True)
+        reach = np.linalg.norm(half, axis=1)
+        dist = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
+        for i, j in zip(*np.nonzero(np.triu(dist < reach[:, None] + reach[None], 1))):
+            if moving[i] or moving[j]:
+                assert not _footprints_overlap(centers[i], yaws[i], half[i], centers[j], yaws[j], half[j]), (
+                    f't={t}: objects {i} ({world.obj_category[i] if i < n else "ego"}) and '
+                    f'{j} ({world.obj_category[j] if j < n else "ego"}) overlap')
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(WorldError, match='seed'):
         generate_world(-1)

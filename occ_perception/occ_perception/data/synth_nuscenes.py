@@ -140,6 +140,8 @@ class SynthConfig:
                 raise SynthError(f'{name}: expected an image size between 16 and 4096 pixels, got {v!r}')
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise SynthError(f'jpeg_quality: expected 1..100, got {self.jpeg_quality!r}')
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise SynthError(f'out: expected a folder, {str(self.out)!r} is a file')
         if not self.version or '/' in self.version:
             raise SynthError(f'version: expected a folder name such as v1.0-mini, got {self.version!r}')
 

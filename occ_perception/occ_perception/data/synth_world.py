@@ -321,7 +321,9 @@ class World:
         tx = np.clip(fx - ix, 0.0, 1.0).astype(np.float32)
         ty = np.clip(fy - iy, 0.0, 1.0).astype(np.float32)
         dd = self.dist
-        d = (dd[iy, ix] * (1 - tx) + dd[iy, ix + 1] * tx) * (1 - ty) + (dd[iy + 1, ix] * (1 - tx) + dd[iy + 1, ix + 1] * tx) * ty
+        d = (dd[iy, ix] * (1 - tx) + dd[iy, ix + 1] * tx) * (1 - ty) + (
+            dd[iy + 1, ix] * (1 - tx) + dd[iy + 1, ix + 1] * tx
+        ) * ty
         d = np.where(inside, d, np.float32(1e9))
         cls = np.where(inside, self.ground[iy + (ty > 0.5), ix + (tx > 0.5)], _TERRAIN).astype(np.uint8)
         p = self.params
@@ -570,7 +572,8 @@ def generate_world(
             depth = rng.uniform(8, 20)
             if rng.random() < 0.82:
                 setback = rng.uniform(*p.building_setback)
-                (c,), (th,) = road.frame(np.array([s + width_along / 2]), np.array([side * (swo + setback + depth / 2)]))
+                lateral = side * (swo + setback + depth / 2)
+                (c,), (th,) = road.frame(np.array([s + width_along / 2]), np.array([lateral]))
                 height = float(rng.uniform(*p.building_height))
                 col = _vary(rng, BUILDING_WALLS[rng.integers(len(BUILDING_WALLS))], 0.15)
                 static_box_object(L['manmade'], '', c[0], c[1], th, (width_along, depth, height), col,
@@ -589,6 +592,7 @@ def generate_world(
             s += width_along + rng.uniform(1.0, 12.0)
 
     # Trees and poles on the outer sidewalk edge; bins near the kerb.
+    bins: dict[float, list[float]] = {-1.0: [], 1.0: []}
     for side in (-1.0, 1.0):
         s = s_lo + rng.uniform(0, 8)
         while s < s_hi:
@@ -611,13 +615,13 @@ def generate_world(
                 static_box_object(L['manmade'], '', c[0], c[1], th, (0.4, 0.4, rng.uniform(4.5, 7.0)),
                                   _vary(rng, (120, 122, 125)), min_dist=swo - 1.2)
             if rng.random() < 0.25:
+                bins[side].append(s + 2.0)
                 (cb,), (thb,) = road.frame(np.array([s + 2.0]), np.array([side * (hw + 0.45)]))
                 static_box_object(L['others'], 'movable_object.pushable_pullable', cb[0], cb[1], thb, (0.6, 0.6, 1.1),
                                   _vary(rng, (40, 70, 50), 0.2), min_dist=hw + 0.1)
             s += rng.uniform(7.0, 18.0)
 
     # Construction zones in the parking strip: barriers and cones; parked vehicles elsewhere.
-    parked_spans: list[tuple[float, float, float]] = []
     for side in (-1.0, 1.0):
         s = s_lo + rng.uniform(0, 20)
         pc = side * (p.lane_width + p.bike_lane_width + p.parking_width / 2)
@@ -642,18 +646,17 @@ def generate_world(
             elif r < 0.75:
                 kind = rng.random()
                 if kind < 0.75:
-                    s_len = _vehicle(b, rng, 'car', follow=True, s0=s, rate=0.0, d=pc,
+                    s_len = _vehicle(b, rng, 'car', follow=True, s0=s, rate=0.0, d=pc, rear=True,
                                      flip=float(rng.choice([0.0, np.pi])), attribute='vehicle.parked')
                 elif kind < 0.85:
-                    s_len = _vehicle(b, rng, 'truck', follow=True, s0=s, rate=0.0, d=pc, flip=0.0,
+                    s_len = _vehicle(b, rng, 'truck', follow=True, s0=s, rate=0.0, d=pc, rear=True, flip=0.0,
                                      attribute='vehicle.parked')
                 elif kind < 0.92:
-                    s_len = _vehicle(b, rng, 'trailer', follow=True, s0=s, rate=0.0, d=pc, flip=0.0,
+                    s_len = _vehicle(b, rng, 'trailer', follow=True, s0=s, rate=0.0, d=pc, rear=True, flip=0.0,
                                      attribute='vehicle.parked')
                 else:
-                    s_len = _vehicle(b, rng, 'construction_vehicle', follow=True, s0=s, rate=0.0, d=pc, flip=0.0,
-                                     attribute='vehicle.parked')
-                parked_spans.append((side, s, s_len))
+                    s_len = _vehicle(b, rng, 'construction_vehicle', follow=True, s0=s, rate=0.0, d=pc, rear=True,
+                                     flip=0.0, attribute='vehicle.parked')
                 s += s_len + rng.uniform(*p.parked_gap)
             else:
                 s += rng.uniform(*p.parked_gap)
@@ -681,7 +684,6 @@ def generate_world(
         v -= rng.uniform(0.0, 1.0)
     # Oncoming lane: travelling towards -s; the leader is the one with the smallest s.
     s = s_lo - 20
-    v = rng.uniform(4.0, 8.0)
     oncoming = []
     while s < s_hi + 60:
         oncoming.append(s)
@@ -689,14 +691,7 @@ def generate_world(
     speeds = np.sort(rng.uniform(4.0, 11.0, len(oncoming)))[::-1]  # leader (smallest s) fastest
     for s, v in zip(oncoming, speeds):
         kind = rng.choice(['car', 'car', 'car', 'truck', 'bus', 'motorcycle'])
-        if rng.random() < 0.12:
-            v = 0.0
-            attr = 'vehicle.stopped'
-            if s < ego_s0 + 80:
-                continue
-        else:
-            attr = 'vehicle.moving'
-        _vehicle(b, rng, kind, follow=True, s0=s, rate=-float(v), d=lane, flip=np.pi, attribute=attr)
+        _vehicle(b, rng, kind, follow=True, s0=s, rate=-float(v), d=lane, flip=np.pi, attribute='vehicle.moving')
     # Bike lanes: same rule per side.
     bike_d = p.lane_width + p.bike_lane_width / 2
     for side in (-1.0, 1.0):
@@ -711,18 +706,22 @@ def generate_world(
             _vehicle(b, rng, kind, follow=True, s0=s, rate=direction * v, d=side * bike_d,
                      flip=0.0 if direction > 0 else np.pi,
                      attribute='cycle.with_rider')
-    # Pedestrians: two walking paths per sidewalk, one per direction; some stand still.
+    # Pedestrians: two walking paths per sidewalk, one per direction (speeds never decrease towards the
+    # front of a path); some people stand at the kerb, clear of the bins.
     for side in (-1.0, 1.0):
-        for path, direction in ((hw + 1.1, 1.0), (hw + 2.3, -1.0)):
+        for path, direction in ((hw + 1.25, 1.0), (hw + 2.15, -1.0)):
             pos = np.cumsum(rng.uniform(*p.pedestrian_gap, 40)) + s_lo - 30
             pos = pos[pos < s_hi + 30]
             speeds = np.sort(rng.uniform(0.8, 1.8, len(pos)))
             if direction < 0:
                 speeds = speeds[::-1]
             for s, v in zip(pos, speeds):
-                standing = rng.random() < 0.15
-                _pedestrian(b, rng, s0=s, rate=0.0 if standing else direction * v, d=side * path,
-                            flip=0.0 if direction > 0 else np.pi)
+                _pedestrian(b, rng, s0=s, rate=direction * v, d=side * path, flip=0.0 if direction > 0 else np.pi)
+        s = s_lo + rng.uniform(0, 30)
+        while s < s_hi:
+            if all(abs(s - sb) > 1.5 for sb in bins[side]):
+                _pedestrian(b, rng, s0=s, rate=0.0, d=side * (hw + 0.5), flip=float(rng.choice([0.0, np.pi])))
+            s += rng.uniform(20, 60)
 
     # Pack arrays.
     objs = b.objects
@@ -776,17 +775,20 @@ _VEHICLES = {
     'truck': ((5.5, 8.5), (2.2, 2.5), (2.6, 3.4), 'vehicle.truck', 'truck'),
     'bus': ((10.0, 12.5), (2.5, 2.6), (3.0, 3.4), 'vehicle.bus.rigid', 'bus'),
     'trailer': ((6.0, 9.0), (2.3, 2.5), (2.8, 3.6), 'vehicle.trailer', 'trailer'),
-    'construction_vehicle': ((5.0, 7.0), (2.4, 2.8), (2.8, 3.4), 'vehicle.construction', 'construction_vehicle'),
+    'construction_vehicle': ((5.0, 7.0), (2.3, 2.45), (2.8, 3.4), 'vehicle.construction', 'construction_vehicle'),
     'motorcycle': ((1.9, 2.2), (0.7, 0.9), (1.4, 1.6), 'vehicle.motorcycle', 'motorcycle'),
     'bicycle': ((1.6, 1.8), (0.5, 0.7), (1.6, 1.8), 'vehicle.bicycle', 'bicycle'),
 }
 
 
 def _vehicle(b: _Builder, rng, kind: str, follow: bool, s0: float, rate: float, d: float, flip: float,
-             attribute: str) -> float:
-    """Add a vehicle (several boxes) following the road; returns its length [m]."""
+             attribute: str, rear: bool = False) -> float:
+    """Add a vehicle (several boxes) following the road at arc length ``s0`` (its centre, or its rear end if
+    ``rear``); returns its length [m]."""
     (l0, l1), (w0, w1), (h0, h1), category, cls = _VEHICLES[kind]
     length, width, height = float(rng.uniform(l0, l1)), float(rng.uniform(w0, w1)), float(rng.uniform(h0, h1))
+    if rear:
+        s0 = s0 + length / 2
     label = L[cls]
     if kind in ('bicycle', 'motorcycle') and rate == 0.0:
         attribute = 'cycle.without_rider'
@@ -807,7 +809,8 @@ def _vehicle(b: _Builder, rng, kind: str, follow: bool, s0: float, rate: float, 
     elif kind in ('truck', 'construction_vehicle'):
         paint = _vary(rng, CAR_PAINTS[rng.integers(len(CAR_PAINTS))] if kind == 'truck' else (230, 170, 20), 0.08)
         cab_l = 2.0
-        b.box(o, label, (length / 2 - cab_l / 2, 0, 0.5 + (height * 0.85 - 0.5) / 2), (cab_l, width, height * 0.85 - 0.5),
+        cab_h = height * 0.85 - 0.5
+        b.box(o, label, (length / 2 - cab_l / 2, 0, 0.5 + cab_h / 2), (cab_l, width, cab_h),
               paint, STYLE_VEHICLE, seed=seed())
         cargo = _vary(rng, (210, 210, 205), 0.15) if kind == 'truck' else paint * 0.8
         b.box(o, label, (-cab_l / 2 - 0.1, 0, 0.6 + (height - 0.6) / 2), (length - cab_l - 0.2, width, height - 0.6),
