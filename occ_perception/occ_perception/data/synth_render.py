@@ -375,29 +375,31 @@ def _shade(world: World, centers, yaws, origin, dirs, t, prim) -> tuple[np.ndarr
     if o.size:
         pid = prim[o]
         d = dirs[o]
-        p = (o32 - centers[pid].astype(np.float32)) + t[o][:, None] * d  # relative to the primitive centre
+        centers32 = centers.astype(np.float32)
+        p = (o32 - centers32[pid]) + t[o][:, None] * d  # relative to the primitive centre
         label[o] = world.prim_label[pid]
         yaw = yaws[pid].astype(np.float32)
         c, s = np.cos(yaw), np.sin(yaw)
         lx = c * p[:, 0] + s * p[:, 1]
         ly = -s * p[:, 0] + c * p[:, 1]
         lz = p[:, 2]
-        half = world.prim_half[pid].astype(np.float32)
+        half = world.prim_half.astype(np.float32)[pid]
         is_sphere = world.prim_kind[pid] == SPHERE
         u = np.stack([lx / half[:, 0], ly / half[:, 1], lz / half[:, 2]], -1)
         axis = np.argmax(np.abs(u), axis=1)
         rows = np.arange(len(axis))
         nl = np.zeros_like(u)
         nl[rows, axis] = np.sign(u[rows, axis])
-        nl[is_sphere] = u[is_sphere]
-        nl /= np.linalg.norm(nl, axis=1, keepdims=True)
+        sph = np.flatnonzero(is_sphere)
+        if sph.size:
+            nl[sph] = u[sph] / np.linalg.norm(u[sph], axis=1, keepdims=True)
         n = np.stack([c * nl[:, 0] - s * nl[:, 1], s * nl[:, 0] + c * nl[:, 1], nl[:, 2]], -1)
         # Face coordinates for texture: horizontal coordinate along the face and height above the box bottom.
         horiz = np.where(axis == 0, ly, lx)
         vert = np.where(axis == 2, ly, lz + half[:, 2])
         seed = world.prim_seed[pid]
         style = world.prim_style[pid]
-        base = world.prim_color[pid].astype(np.float32)
+        base = world.prim_color.astype(np.float32)[pid]
         n1 = _noise(horiz * 8.0, vert * 8.0, seed)
         n2 = _noise(horiz * 60.0, vert * 60.0, seed + 7)
         tex = 0.85 + 0.2 * n1 + 0.1 * n2
@@ -419,8 +421,8 @@ def _shade(world: World, centers, yaws, origin, dirs, t, prim) -> tuple[np.ndarr
             base[bld] = b
         veh = style == STYLE_VEHICLE
         if veh.any():
-            zabs = lz + centers[pid, 2].astype(np.float32)  # height above the ground
-            top = 2 * half[:, 2] + centers[pid, 2].astype(np.float32) - half[:, 2]
+            zabs = lz + centers32[pid, 2]  # height above the ground
+            top = half[:, 2] + centers32[pid, 2]
             across = np.abs(np.where(axis == 0, u[:, 1], u[:, 0]))
             glass = veh & (axis != 2) & (zabs > 1.0) & (zabs < top - 0.12) & (across < 0.88)
             base[glass] = (0.03, 0.04, 0.05)  # windows: car cabins, truck cabs, bus window bands
@@ -439,7 +441,13 @@ def _shade(world: World, centers, yaws, origin, dirs, t, prim) -> tuple[np.ndarr
         if vi.size:
             h = sun[None, :] - d[vi]
             h /= np.linalg.norm(h, axis=1, keepdims=True)
-            spec = np.power(np.clip(np.sum(n[vi] * h, axis=1), 0.0, 1.0), np.float32(40.0))[:, None]
+            x = np.clip(np.sum(n[vi] * h, axis=1), 0.0, 1.0)
+            x8 = x * x
+            x8 *= x8
+            x8 *= x8
+            x32 = x8 * x8
+            x32 *= x32
+            spec = (x32 * x8)[:, None]  # x ** 40
             col[vi] += spec * np.float32(0.5)
         out[o] = _haze(col, t[o])
     return out.reshape(shape + (3,)), label.reshape(shape)
