@@ -119,6 +119,22 @@ def test_devkit_loads_and_agrees_with_the_generator(dataset):
         chain.append(nusc.get('sample_data', chain[-1]['next']))
     assert [c['is_key_frame'] for c in chain[:7]] == [True] + [False] * 5 + [True]
     assert all(b['timestamp'] > a['timestamp'] for a, b in zip(chain, chain[1:]))
+    # The devkit interpolates a sweep's boxes between its sample and the previous one: close to the truth.
+    world = scene_world(cfg, 0)
+    instance_of = {_token(cfg.seed, 'instance', 0, i): i for i in range(world.num_objects)}
+    sweep = chain[3]
+    assert sweep['sample_token'] == chain[6]['sample_token']
+    state = world.state_at(sweep['timestamp'] * 1000)
+    prev = nusc.get('sample', nusc.get('sample', sweep['sample_token'])['prev'])
+    in_prev = {nusc.get('sample_annotation', a)['instance_token'] for a in prev['anns']}
+    checked = 0
+    for box in nusc.get_boxes(sweep['token']):
+        instance = nusc.get('sample_annotation', box.token)['instance_token']
+        if instance in in_prev:  # annotated in both samples: interpolated
+            i = instance_of[instance]
+            assert np.linalg.norm(box.center[:2] - state.obj_xy[i]) < 0.3
+            checked += 1
+    assert checked > 20
 
 
 def test_same_seed_gives_identical_files(tmp_path):

@@ -443,8 +443,10 @@ def generate_dataset(
                         fname = f'sweeps/{ch}/{logname}__{ch}__{ts}.jpg'
                         (out / 'sweeps' / ch).mkdir(parents=True, exist_ok=True)
                         _write_jpeg(out / fname, img.rgb, cfg.jpeg_quality)
-                        near = sample_tokens[k] if j <= CAMERA_SWEEPS_PER_KEYFRAME // 2 else sample_tokens[k + 1]
-                        add_sample_data(ch, ts, near, False, fname, st.ego_pose, cfg.width, cfg.height, 'jpg')
+                        # A sweep belongs to the following sample: the devkit interpolates its boxes between the
+                        # previous sample and this one.
+                        add_sample_data(ch, ts, sample_tokens[k + 1], False, fname, st.ego_pose, cfg.width,
+                                        cfg.height, 'jpg')
                         report.sweep_seconds.append(time.perf_counter() - t1)
                         if bar is not None:
                             bar.update(1)
