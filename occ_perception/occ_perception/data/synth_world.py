@@ -327,16 +327,20 @@ class World:
         d = np.where(inside, d, np.float32(1e9))
         cls = np.where(inside, self.ground[iy + (ty > 0.5), ix + (tx > 0.5)], _TERRAIN).astype(np.uint8)
         p = self.params
-        # Exact distance near the road: to the centreline point at the nearest cell's arc length.
+        # Exact distance near the road, from the centreline segment (line or circle) at the nearest cell's arc length.
         d = d.reshape(-1)
         road = np.flatnonzero(d < p.sidewalk_outer + 0.5)
         arc = self.arc[(iy + (ty > 0.5)).reshape(-1)[road], (ix + (tx > 0.5)).reshape(-1)[road]]
         if road.size:
-            qx, qy = x.reshape(-1)[road], y.reshape(-1)[road]
-            cp, th, _ = self.road.eval(arc)
-            arc = arc + (qx - cp[:, 0]) * np.cos(th) + (qy - cp[:, 1]) * np.sin(th)  # foot point refinement
-            cp, _, _ = self.road.eval(arc)
-            d[road] = np.hypot(qx - cp[:, 0], qy - cp[:, 1])
+            cp, th, k = self.road.eval(arc)
+            ex, ey = x.reshape(-1)[road] - cp[:, 0], y.reshape(-1)[road] - cp[:, 1]
+            along = ex * np.cos(th) + ey * np.sin(th)
+            lat = -ex * np.sin(th) + ey * np.cos(th)
+            with np.errstate(divide='ignore', invalid='ignore'):
+                radius = 1.0 / k
+                to_circle = np.abs(np.hypot(along, lat - radius) - np.abs(radius))
+            d[road] = np.where(k == 0.0, np.abs(lat), to_circle)
+            arc = arc + along  # arc length of the foot point (to first order), for dashes
         d = d.reshape(cls.shape)
         cls[d < p.sidewalk_outer] = _SIDEWALK
         cls[d < p.road_half_width] = _DRIVE
