@@ -197,27 +197,29 @@ def march_visibility(grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, 
         inv = np.where(d != 0, 1.0 / np.abs(d), np.inf)
         frac = np.where(d > 0, idx + 1 - o, o - idx)
         tmax = np.where(d != 0, frac * inv, np.inf)
-    step = np.sign(d).astype(np.int64)
-    ix, iy, iz = idx[:, 0].copy(), idx[:, 1].copy(), idx[:, 2].copy()
-    tx, ty, tz = tmax[:, 0].copy(), tmax[:, 1].copy(), tmax[:, 2].copy()
-    dx, dy, dz = inv[:, 0].copy(), inv[:, 1].copy(), inv[:, 2].copy()
-    sx_, sy_, sz_ = step[:, 0].copy(), step[:, 1].copy(), step[:, 2].copy()
-    nx, ny, nz = (int(v) for v in shape)
+    step = np.sign(d).astype(np.int32)
+    ix, iy, iz = (idx[:, a].astype(np.int32) for a in range(3))
+    tx, ty, tz = (tmax[:, a].astype(np.float32) for a in range(3))
+    dx, dy, dz = (inv[:, a].astype(np.float32) for a in range(3))
+    sx_, sy_, sz_ = (step[:, a].copy() for a in range(3))
+    limit = limit.astype(np.float32)
+    nx, ny, nz = (np.uint32(v) for v in shape)
     while ix.size:
         flat = (ix * sy + iy) * sz + iz
         visible[flat] = True
         keep = ~occ[flat]
-        mx = (tx <= ty) & (tx <= tz)
-        my = ~mx & (ty <= tz)
-        mz = ~mx & ~my
-        entry = np.where(mx, tx, np.where(my, ty, tz))  # where the ray enters the next voxel [voxels]
-        ix = ix + sx_ * mx
-        iy = iy + sy_ * my
-        iz = iz + sz_ * mz
-        tx = tx + np.where(mx, dx, 0.0)
-        ty = ty + np.where(my, dy, 0.0)
-        tz = tz + np.where(mz, dz, 0.0)
-        keep &= (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (iz >= 0) & (iz < nz) & (entry <= limit)
+        entry = np.minimum(np.minimum(tx, ty), tz)  # where the ray enters the next voxel [voxels]
+        mx = tx == entry
+        my = ~mx & (ty == entry)
+        mz = ~(mx | my)
+        ix += sx_ * mx
+        iy += sy_ * my
+        iz += sz_ * mz
+        tx += dx * mx
+        ty += dy * my
+        tz += dz * mz
+        # Negative indices wrap to large unsigned values, so one comparison per axis checks both bounds.
+        keep &= (ix.view(np.uint32) < nx) & (iy.view(np.uint32) < ny) & (iz.view(np.uint32) < nz) & (entry <= limit)
         if not keep.all():
             ix, iy, iz, tx, ty, tz = ix[keep], iy[keep], iz[keep], tx[keep], ty[keep], tz[keep]
             dx, dy, dz, sx_, sy_, sz_ = dx[keep], dy[keep], dz[keep], sx_[keep], sy_[keep], sz_[keep]
