@@ -193,10 +193,11 @@ def march_visibility(grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, 
     occ = occupied.reshape(-1)
     sy, sz = int(shape[1]), int(shape[2])
     d = d / norm[:, None]  # unit directions: traversal parameters are distances in voxels
+    never = 1e30  # "no crossing along this axis"; finite so that never * 0 == 0 below
     with np.errstate(divide='ignore', invalid='ignore'):
-        inv = np.where(d != 0, 1.0 / np.abs(d), np.inf)
+        inv = np.where(d != 0, 1.0 / np.abs(d), never)
         frac = np.where(d > 0, idx + 1 - o, o - idx)
-        tmax = np.where(d != 0, frac * inv, np.inf)
+        tmax = np.where(d != 0, frac * inv, never)
     step = np.sign(d).astype(np.int32)
     ix, iy, iz = (idx[:, a].astype(np.int32) for a in range(3))
     tx, ty, tz = (tmax[:, a].astype(np.float32) for a in range(3))
