@@ -7,24 +7,24 @@ timestamp), on a :class:`~occ_perception.grid.GridSpec` (default Occ3D:
 - semantics (uint8): the ground plane z = 0 fills the voxel layer that contains
   it (layer 2, [-0.2, 0.2) m) with the ground class under each column's centre;
   above it, a voxel takes the class of the primitive that contains its centre;
-  primitives thinner than two voxels are sampled at 2 x 2 horizontal points at
-  the voxel centre's height (any point inside marks the voxel), so walls,
-  poles, cones and pedestrians never fall between voxel centres. Moving agents are written after static
-  objects. Everything else is 17 (free). The ego vehicle is not in the grid.
+  primitives thinner than two voxels are sampled at 2 x 2 horizontal points
+  (+-0.1 m) at the voxel centre's height (any point inside marks the voxel), so
+  walls, poles, cones and pedestrians never fall between voxel centres. Moving
+  agents are written after static objects. Everything else is 17 (free). The
+  ego vehicle is not in the grid.
 - flow (float32, [..., 2]): for voxels of an object, its velocity over ground
-  (the box's, rigid translation) rotated into the keyframe ego axes (vx, vy) [m/s];
-  0 for static objects and free space.
+  (the box's, rigid translation) rotated into the keyframe ego axes (vx, vy)
+  [m/s]; 0 for static objects, ground and free space.
 - mask_camera / mask_lidar (uint8 0/1): voxels traversed by a camera (lidar)
   ray, from the sensor up to and including the first occupied voxel, by an
   exact voxel traversal (Amanatides-Woo). A ray also ends where the real ray
   meets the scene (the renderer's hit distance, plus half a voxel), so a ray
   that hits a surface does not slip past its voxelised silhouette into voxels
-  behind it. Camera rays go through the pixel
-  centres of each camera's image resampled to ``camera_rays`` (default
-  200 x 112 per camera, about 0.36 degree spacing, denser than a voxel at the
-  grid's 40 m edge); lidar rays are those of :class:`~.synth_render.LidarSpec`
-  (32 beams, 0.4 degree azimuth). Sensors are at their rig positions in the
-  keyframe ego frame.
+  behind it. Camera rays go through the pixel centres of each camera's image
+  resampled to ``camera_rays`` (default 200 x 112 per camera, about 0.36 degree
+  spacing, denser than a voxel at the grid's 40 m edge); lidar rays are those
+  of :class:`~.synth_render.LidarSpec` (32 beams, 0.4 degree azimuth). Sensors
+  are at their rig positions in the keyframe ego frame.
 """
 
 from __future__ import annotations
