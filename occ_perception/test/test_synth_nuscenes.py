@@ -138,8 +138,9 @@ def test_devkit_loads_and_agrees_with_the_generator(dataset):
 
 
 def test_same_seed_gives_identical_files(tmp_path):
-    cfgs = [SynthConfig(out=tmp_path / name, scenes=1, seconds=1.0, seed=11, width=200, height=112)
-            for name in ('a', 'b')]
+    """Two runs with one seed give the same bytes, whether scenes are written in one process or two."""
+    cfgs = [SynthConfig(out=tmp_path / name, scenes=2, seconds=1.0, seed=11, width=200, height=112, jobs=jobs)
+            for name, jobs in (('a', 1), ('b', 2))]
     for cfg in cfgs:
         generate_dataset(cfg, progress=False)
     files_a = sorted(p.relative_to(cfgs[0].out) for p in Path(cfgs[0].out).rglob('*') if p.is_file())

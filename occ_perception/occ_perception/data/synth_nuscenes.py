@@ -114,6 +114,7 @@ class SynthConfig:
         sweeps: also render the 12 Hz camera frames between keyframes.
         version: name of the table folder (nuScenes ``version``).
         jpeg_quality: 1..100.
+        jobs: worker processes, one scene each at a time (the output does not depend on it).
     """
 
     out: Path
@@ -125,6 +126,7 @@ class SynthConfig:
     sweeps: bool = False
     version: str = 'v1.0-mini'
     jpeg_quality: int = 90
+    jobs: int = 1
 
     def validate(self) -> None:
         """Raises SynthError naming the first bad argument."""
@@ -138,6 +140,8 @@ class SynthConfig:
             v = getattr(self, name)
             if int(v) != v or not 16 <= v <= 4096:
                 raise SynthError(f'{name}: expected an image size between 16 and 4096 pixels, got {v!r}')
+        if int(self.jobs) != self.jobs or not 1 <= self.jobs <= 64:
+            raise SynthError(f'jobs: expected 1..64 worker processes, got {self.jobs!r}')
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise SynthError(f'jpeg_quality: expected 1..100, got {self.jpeg_quality!r}')
         if Path(self.out).exists() and not Path(self.out).is_dir():
@@ -266,6 +270,213 @@ def _annotation_boxes(world: World, state: WorldState) -> list[int]:
     return [int(i) for i in np.nonzero(near)[0] if world.obj_category[i]]
 
 
+@dataclass
+class _SceneResult:
+    """One scene's table records (in table order), timings and ground-truth classes."""
+
+    name: str = ''
+    tables: dict = field(default_factory=dict)
+    keyframe_seconds: list = field(default_factory=list)
+    sweep_seconds: list = field(default_factory=list)
+    classes: list = field(default_factory=list)
+
+
+def _common_tables(seed: int) -> _Tables:
+    """The tables shared by all scenes: category, attribute, visibility, sensor."""
+    tables = _Tables()
+    for name, desc in CATEGORIES.items():
+        tables.add('category', {'token': _token(seed, 'category', name), 'name': name, 'description': desc})
+    for name, desc in ATTRIBUTES.items():
+        tables.add('attribute', {'token': _token(seed, 'attribute', name), 'name': name, 'description': desc})
+    for token, level, desc in VISIBILITY:
+        tables.add('visibility', {'token': token, 'level': level, 'description': desc})
+    for ch in (*CAMERA_CHANNELS, LIDAR):
+        tables.add('sensor', {'token': _token(seed, 'sensor', ch), 'channel': ch,
+                              'modality': 'lidar' if ch == LIDAR else 'camera'})
+    return tables
+
+
+def _frames_per_scene(cfg: SynthConfig) -> int:
+    n_key = cfg.keyframes
+    return n_key + ((n_key - 1) * 6 * (CAMERA_SWEEPS_PER_KEYFRAME - 1) if cfg.sweeps else 0)
+
+
+def _write_scene(
+    cfg: SynthConfig,
+    si: int,
+    tick: Callable[[], None] = lambda: None,
+    on_keyframe: Callable[[str, int, GroundTruth], None] | None = None,
+) -> _SceneResult:
+    """Render and write scene ``si`` (images, lidar, ground truth, map, preview); return its table records."""
+    out = Path(cfg.out)
+    rig = Rig.nuscenes(int(cfg.width), int(cfg.height))
+    channels_of = {c: rig.camera(c.lower()) for c in CAMERA_CHANNELS}
+    lidar_cal = NUSCENES_CALIBRATION[LIDAR]
+    lidar_to_ego = Transform(lidar_cal['rotation'], lidar_cal['translation'])
+    lidar_spec = LidarSpec()
+    seed = int(cfg.seed)
+    sensor_token = {ch: _token(seed, 'sensor', ch) for ch in (*CAMERA_CHANNELS, LIDAR)}
+    n_key = cfg.keyframes
+    tables = _Tables()
+    result = _SceneResult()
+
+    world = scene_world(cfg, si)
+    scene_name = world.name
+    scene_token = _token(seed, 'scene', si)
+    log_token = _token(seed, 'log', si)
+    logname = f'synth{seed}-2026-01-01-{si // 60:02d}-{si % 60:02d}-00+0000'
+    tables.add('log', {'token': log_token, 'logfile': logname, 'vehicle': 'synth-ego',
+                       'date_captured': '2026-01-01', 'location': 'synthetic-town'})
+    map_token = _token(seed, 'map', si)
+    (out / 'maps').mkdir(parents=True, exist_ok=True)
+    _write_map(out / 'maps' / f'{map_token}.png', world)
+    tables.add('map', {'token': map_token, 'log_tokens': [log_token], 'category': 'semantic_prior',
+                       'filename': f'maps/{map_token}.png'})
+    calib_token = {}
+    for ch in (*CAMERA_CHANNELS, LIDAR):
+        calib_token[ch] = _token(seed, 'calibrated_sensor', si, ch)
+        if ch == LIDAR:
+            rec = {'translation': list(lidar_cal['translation']), 'rotation': list(lidar_cal['rotation']),
+                   'camera_intrinsic': []}
+        else:
+            cam = channels_of[ch]
+            rec = {'translation': [float(v) for v in cam.cam_to_ego.translation],
+                   'rotation': [float(v) for v in cam.cam_to_ego.rotation.elements],
+                   'camera_intrinsic': [[float(v) for v in row] for row in cam.intrinsics]}
+        tables.add('calibrated_sensor', {'token': calib_token[ch], 'sensor_token': sensor_token[ch], **rec})
+
+    scene_start_us = BASE_TIME_US + si * SCENE_SPACING_US
+    sample_tokens = [_token(seed, 'sample', si, k) for k in range(n_key)]
+    last_sd: dict[str, dict | None] = {ch: None for ch in (*CAMERA_CHANNELS, LIDAR)}
+    instance_anns: dict[int, list[dict]] = {}
+    present: set[int] = set()
+
+    def add_sample_data(ch: str, ts_us: int, sample_token: str, key: bool, filename: str, pose: Transform,
+                        width: int, height: int, fileformat: str) -> dict:
+        token = _token(seed, 'sample_data', si, ch, ts_us)
+        tables.add('ego_pose', _pose_record(token, pose, ts_us))
+        rec = tables.add('sample_data', {
+            'token': token, 'sample_token': sample_token, 'ego_pose_token': token,
+            'calibrated_sensor_token': calib_token[ch], 'timestamp': int(ts_us), 'fileformat': fileformat,
+            'is_key_frame': bool(key), 'height': int(height), 'width': int(width), 'filename': filename,
+            'prev': '', 'next': ''})
+        prev = last_sd[ch]
+        if prev is not None:
+            prev['next'] = token
+            rec['prev'] = prev['token']
+        last_sd[ch] = rec
+        return rec
+
+    for k in range(n_key):
+        t0 = time.perf_counter()
+        lidar_us = scene_start_us + k * KEYFRAME_PERIOD_US
+        sample_token = sample_tokens[k]
+        tables.add('sample', {'token': sample_token, 'timestamp': int(lidar_us),
+                              'prev': sample_tokens[k - 1] if k > 0 else '',
+                              'next': sample_tokens[k + 1] if k + 1 < n_key else '', 'scene_token': scene_token})
+        # Cameras, each at its own time.
+        hits = np.zeros(world.num_objects, np.int64)
+        visible = np.zeros(world.num_objects, np.int64)
+        rgbs = {}
+        for ch in CAMERA_CHANNELS:
+            ts = lidar_us + CAMERA_OFFSETS_US[ch]
+            st = world.state_at(ts * 1000)
+            img = render_camera(world, st, channels_of[ch])
+            hits += img.owner_hits
+            visible += img.owner_visible
+            rgbs[ch] = img.rgb
+            fname = f'samples/{ch}/{logname}__{ch}__{ts}.jpg'
+            (out / 'samples' / ch).mkdir(parents=True, exist_ok=True)
+            _write_jpeg(out / fname, img.rgb, cfg.jpeg_quality)
+            add_sample_data(ch, ts, sample_token, True, fname, st.ego_pose, cfg.width, cfg.height, 'jpg')
+        # Lidar and ground truth at the keyframe time.
+        st = world.state_at(lidar_us * 1000)
+        scan = scan_lidar(world, st, lidar_to_ego, lidar_spec)
+        fname = f'samples/{LIDAR}/{logname}__{LIDAR}__{lidar_us}.pcd.bin'
+        (out / 'samples' / LIDAR).mkdir(parents=True, exist_ok=True)
+        scan.points.astype(np.float32).tofile(out / fname)
+        add_sample_data(LIDAR, lidar_us, sample_token, True, fname, st.ego_pose, 0, 0, 'pcd')
+        gt = ground_truth(world, st, rig, lidar_to_ego, OCC3D_GRID, lidar=lidar_spec)
+        gt_dir = out / 'gts' / scene_name / sample_token
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        save_labels_npz(gt_dir / 'labels.npz', gt)
+        present |= set(np.unique(gt.semantics).tolist())
+        if k == n_key // 2:  # a picture of the scene for people: six cameras and the ground truth from above
+            (out / 'preview').mkdir(parents=True, exist_ok=True)
+            panel = _preview([rgbs[c.name.upper()] for c in rig.cameras], gt)
+            cv2.imwrite(str(out / 'preview' / f'{scene_name}.png'), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+        if on_keyframe is not None:
+            on_keyframe(scene_name, k, gt)
+        # Annotations.
+        lidar_pts = np.bincount(scan.owner[scan.owner >= 0], minlength=world.num_objects)
+        for i in _annotation_boxes(world, st):
+            frac = visible[i] / hits[i] if hits[i] > 0 else 0.0
+            vis = '4' if frac >= 0.8 else '3' if frac >= 0.6 else '2' if frac >= 0.4 else '1'
+            l, w, h = (float(v) for v in world.obj_size[i])
+            attr = world.obj_attribute[i]
+            ann = {
+                'token': _token(seed, 'sample_annotation', si, k, i),
+                'sample_token': sample_token,
+                'instance_token': _token(seed, 'instance', si, i),
+                'visibility_token': vis,
+                'attribute_tokens': [_token(seed, 'attribute', attr)] if attr else [],
+                'translation': [float(st.obj_xy[i, 0]), float(st.obj_xy[i, 1]), h / 2.0],
+                'size': [w, l, h],
+                'rotation': _yaw_quaternion(float(st.obj_yaw[i])),
+                'prev': '',
+                'next': '',
+                'num_lidar_pts': int(lidar_pts[i]),
+                'num_radar_pts': 0,
+            }
+            chain = instance_anns.setdefault(i, [])
+            if chain:
+                chain[-1]['next'] = ann['token']
+                ann['prev'] = chain[-1]['token']
+            chain.append(ann)
+            tables.add('sample_annotation', ann)
+        result.keyframe_seconds.append(time.perf_counter() - t0)
+        tick()
+        # Camera sweeps between this keyframe and the next.
+        if cfg.sweeps and k + 1 < n_key:
+            for j in range(1, CAMERA_SWEEPS_PER_KEYFRAME):
+                for ch in CAMERA_CHANNELS:
+                    t1 = time.perf_counter()
+                    ts = lidar_us + CAMERA_OFFSETS_US[ch] + (j * KEYFRAME_PERIOD_US) // CAMERA_SWEEPS_PER_KEYFRAME
+                    st = world.state_at(ts * 1000)
+                    img = render_camera(world, st, channels_of[ch])
+                    fname = f'sweeps/{ch}/{logname}__{ch}__{ts}.jpg'
+                    (out / 'sweeps' / ch).mkdir(parents=True, exist_ok=True)
+                    _write_jpeg(out / fname, img.rgb, cfg.jpeg_quality)
+                    # A sweep belongs to the following sample: the devkit interpolates its boxes between the
+                    # previous sample and this one.
+                    add_sample_data(ch, ts, sample_tokens[k + 1], False, fname, st.ego_pose, cfg.width,
+                                    cfg.height, 'jpg')
+                    result.sweep_seconds.append(time.perf_counter() - t1)
+                    tick()
+
+    for i, chain in instance_anns.items():
+        tables.add('instance', {
+            'token': _token(seed, 'instance', si, i),
+            'category_token': _token(seed, 'category', world.obj_category[i]),
+            'nbr_annotations': len(chain),
+            'first_annotation_token': chain[0]['token'],
+            'last_annotation_token': chain[-1]['token'],
+        })
+    tables.add('scene', {
+        'token': scene_token, 'log_token': log_token, 'nbr_samples': n_key,
+        'first_sample_token': sample_tokens[0], 'last_sample_token': sample_tokens[-1], 'name': scene_name,
+        'description': f'synthetic driving scene, seed {seed}, scene {si} (world seed {scene_seed(seed, si)})'})
+    result.name = scene_name
+    result.classes = sorted(int(c) for c in present if c != 17)
+    result.tables = tables.t
+    return result
+
+
+def _scene_worker(cfg: SynthConfig, si: int, queue) -> _SceneResult:
+    """Process-pool entry: one scene, reporting each finished frame on ``queue``."""
+    return _write_scene(cfg, si, tick=lambda: queue.put(1))
+
+
 def generate_dataset(
     cfg: SynthConfig,
     progress: bool = True,
@@ -273,199 +484,61 @@ def generate_dataset(
 ) -> SynthReport:
     """Generate ``cfg.scenes`` scenes under ``cfg.out`` (see the module docstring for the layout).
 
+    With ``cfg.jobs`` > 1, scenes are written by that many worker processes; the output is the same.
+
     Args:
         cfg: what to generate; validated first.
         progress: show a tqdm progress bar over frames.
-        on_keyframe: optional callback (scene name, keyframe index, ground truth) for tests and tools.
+        on_keyframe: optional callback (scene name, keyframe index, ground truth) for tests and tools
+            (single process only).
 
     Raises:
         SynthError: a bad argument (naming it).
     """
     cfg.validate()
+    if on_keyframe is not None and cfg.jobs > 1:
+        raise SynthError('jobs: on_keyframe needs jobs=1')
     t_start = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    rig = Rig.nuscenes(int(cfg.width), int(cfg.height))
-    channels_of = {c: rig.camera(c.lower()) for c in CAMERA_CHANNELS}
-    lidar_cal = NUSCENES_CALIBRATION[LIDAR]
-    lidar_to_ego = Transform(lidar_cal['rotation'], lidar_cal['translation'])
-    lidar_spec = LidarSpec()
-    tables = _Tables()
+    tables = _common_tables(int(cfg.seed))
     report = SynthReport(out=out)
-    seed = int(cfg.seed)
-
-    for name, desc in CATEGORIES.items():
-        tables.add('category', {'token': _token(seed, 'category', name), 'name': name, 'description': desc})
-    for name, desc in ATTRIBUTES.items():
-        tables.add('attribute', {'token': _token(seed, 'attribute', name), 'name': name, 'description': desc})
-    for token, level, desc in VISIBILITY:
-        tables.add('visibility', {'token': token, 'level': level, 'description': desc})
-    sensor_token = {}
-    for ch in (*CAMERA_CHANNELS, LIDAR):
-        sensor_token[ch] = _token(seed, 'sensor', ch)
-        tables.add('sensor', {'token': sensor_token[ch], 'channel': ch,
-                              'modality': 'lidar' if ch == LIDAR else 'camera'})
-
-    n_key = cfg.keyframes
-    frames_per_scene = n_key * (1 + (6 * (CAMERA_SWEEPS_PER_KEYFRAME - 1) if cfg.sweeps else 0))
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.scenes * frames_per_scene, unit='frame', desc='synth', dynamic_ncols=True)
+        bar = tqdm(total=cfg.scenes * _frames_per_scene(cfg), unit='frame', desc='synth', dynamic_ncols=True)
+    tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
 
-    for si in range(int(cfg.scenes)):
-        world = scene_world(cfg, si)
-        scene_name = world.name
-        scene_token = _token(seed, 'scene', si)
-        log_token = _token(seed, 'log', si)
-        logname = f'synth{seed}-2026-01-01-{si // 60:02d}-{si % 60:02d}-00+0000'
-        tables.add('log', {'token': log_token, 'logfile': logname, 'vehicle': 'synth-ego',
-                           'date_captured': '2026-01-01', 'location': 'synthetic-town'})
-        map_token = _token(seed, 'map', si)
-        (out / 'maps').mkdir(parents=True, exist_ok=True)
-        _write_map(out / 'maps' / f'{map_token}.png', world)
-        tables.add('map', {'token': map_token, 'log_tokens': [log_token], 'category': 'semantic_prior',
-                           'filename': f'maps/{map_token}.png'})
-        calib_token = {}
-        for ch in (*CAMERA_CHANNELS, LIDAR):
-            calib_token[ch] = _token(seed, 'calibrated_sensor', si, ch)
-            if ch == LIDAR:
-                rec = {'translation': list(lidar_cal['translation']), 'rotation': list(lidar_cal['rotation']),
-                       'camera_intrinsic': []}
-            else:
-                cam = channels_of[ch]
-                rec = {'translation': [float(v) for v in cam.cam_to_ego.translation],
-                       'rotation': [float(v) for v in cam.cam_to_ego.rotation.elements],
-                       'camera_intrinsic': [[float(v) for v in row] for row in cam.intrinsics]}
-            tables.add('calibrated_sensor', {'token': calib_token[ch], 'sensor_token': sensor_token[ch], **rec})
+    if cfg.jobs == 1:
+        results = [_write_scene(cfg, si, tick, on_keyframe) for si in range(int(cfg.scenes))]
+    else:
+        import multiprocessing
+        import queue as queue_module
+        from concurrent.futures import ProcessPoolExecutor
 
-        scene_start_us = BASE_TIME_US + si * SCENE_SPACING_US
-        sample_tokens = [_token(seed, 'sample', si, k) for k in range(n_key)]
-        last_sd: dict[str, dict | None] = {ch: None for ch in (*CAMERA_CHANNELS, LIDAR)}
-        instance_anns: dict[int, list[dict]] = {}
-        present: set[int] = set()
+        ctx = multiprocessing.get_context('spawn')
+        with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=int(cfg.jobs), mp_context=ctx) as pool:
+            frames = manager.Queue()
+            futures = [pool.submit(_scene_worker, cfg, si, frames) for si in range(int(cfg.scenes))]
+            while not all(f.done() for f in futures):
+                try:
+                    frames.get(timeout=0.2)
+                    tick()
+                except queue_module.Empty:
+                    pass
+            while not frames.empty():
+                frames.get()
+                tick()
+            results = [f.result() for f in futures]
 
-        def add_sample_data(ch: str, ts_us: int, sample_token: str, key: bool, filename: str, pose: Transform,
-                            width: int, height: int, fileformat: str) -> dict:
-            token = _token(seed, 'sample_data', si, ch, ts_us)
-            tables.add('ego_pose', _pose_record(token, pose, ts_us))
-            rec = tables.add('sample_data', {
-                'token': token, 'sample_token': sample_token, 'ego_pose_token': token,
-                'calibrated_sensor_token': calib_token[ch], 'timestamp': int(ts_us), 'fileformat': fileformat,
-                'is_key_frame': bool(key), 'height': int(height), 'width': int(width), 'filename': filename,
-                'prev': '', 'next': ''})
-            prev = last_sd[ch]
-            if prev is not None:
-                prev['next'] = token
-                rec['prev'] = prev['token']
-            last_sd[ch] = rec
-            return rec
-
-        for k in range(n_key):
-            t0 = time.perf_counter()
-            lidar_us = scene_start_us + k * KEYFRAME_PERIOD_US
-            sample_token = sample_tokens[k]
-            tables.add('sample', {'token': sample_token, 'timestamp': int(lidar_us),
-                                  'prev': sample_tokens[k - 1] if k > 0 else '',
-                                  'next': sample_tokens[k + 1] if k + 1 < n_key else '', 'scene_token': scene_token})
-            # Cameras, each at its own time.
-            hits = np.zeros(world.num_objects, np.int64)
-            visible = np.zeros(world.num_objects, np.int64)
-            rgbs = {}
-            for ch in CAMERA_CHANNELS:
-                ts = lidar_us + CAMERA_OFFSETS_US[ch]
-                st = world.state_at(ts * 1000)
-                img = render_camera(world, st, channels_of[ch])
-                hits += img.owner_hits
-                visible += img.owner_visible
-                rgbs[ch] = img.rgb
-                fname = f'samples/{ch}/{logname}__{ch}__{ts}.jpg'
-                (out / 'samples' / ch).mkdir(parents=True, exist_ok=True)
-                _write_jpeg(out / fname, img.rgb, cfg.jpeg_quality)
-                add_sample_data(ch, ts, sample_token, True, fname, st.ego_pose, cfg.width, cfg.height, 'jpg')
-            # Lidar and ground truth at the keyframe time.
-            st = world.state_at(lidar_us * 1000)
-            scan = scan_lidar(world, st, lidar_to_ego, lidar_spec)
-            fname = f'samples/{LIDAR}/{logname}__{LIDAR}__{lidar_us}.pcd.bin'
-            (out / 'samples' / LIDAR).mkdir(parents=True, exist_ok=True)
-            scan.points.astype(np.float32).tofile(out / fname)
-            add_sample_data(LIDAR, lidar_us, sample_token, True, fname, st.ego_pose, 0, 0, 'pcd')
-            gt = ground_truth(world, st, rig, lidar_to_ego, OCC3D_GRID, lidar=lidar_spec)
-            gt_dir = out / 'gts' / scene_name / sample_token
-            gt_dir.mkdir(parents=True, exist_ok=True)
-            save_labels_npz(gt_dir / 'labels.npz', gt)
-            present |= set(np.unique(gt.semantics).tolist())
-            if k == n_key // 2:  # a picture of the scene for people: six cameras and the ground truth from above
-                (out / 'preview').mkdir(parents=True, exist_ok=True)
-                panel = _preview([rgbs[c.name.upper()] for c in rig.cameras], gt)
-                cv2.imwrite(str(out / 'preview' / f'{scene_name}.png'), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
-            if on_keyframe is not None:
-                on_keyframe(scene_name, k, gt)
-            # Annotations.
-            lidar_pts = np.bincount(scan.owner[scan.owner >= 0], minlength=world.num_objects)
-            for i in _annotation_boxes(world, st):
-                frac = visible[i] / hits[i] if hits[i] > 0 else 0.0
-                vis = '4' if frac >= 0.8 else '3' if frac >= 0.6 else '2' if frac >= 0.4 else '1'
-                l, w, h = (float(v) for v in world.obj_size[i])
-                attr = world.obj_attribute[i]
-                ann = {
-                    'token': _token(seed, 'sample_annotation', si, k, i),
-                    'sample_token': sample_token,
-                    'instance_token': _token(seed, 'instance', si, i),
-                    'visibility_token': vis,
-                    'attribute_tokens': [_token(seed, 'attribute', attr)] if attr else [],
-                    'translation': [float(st.obj_xy[i, 0]), float(st.obj_xy[i, 1]), h / 2.0],
-                    'size': [w, l, h],
-                    'rotation': _yaw_quaternion(float(st.obj_yaw[i])),
-                    'prev': '',
-                    'next': '',
-                    'num_lidar_pts': int(lidar_pts[i]),
-                    'num_radar_pts': 0,
-                }
-                chain = instance_anns.setdefault(i, [])
-                if chain:
-                    chain[-1]['next'] = ann['token']
-                    ann['prev'] = chain[-1]['token']
-                chain.append(ann)
-                tables.add('sample_annotation', ann)
-            report.keyframe_seconds.append(time.perf_counter() - t0)
-            if bar is not None:
-                bar.update(1)
-            # Camera sweeps between this keyframe and the next.
-            if cfg.sweeps and k + 1 < n_key:
-                for j in range(1, CAMERA_SWEEPS_PER_KEYFRAME):
-                    for ch in CAMERA_CHANNELS:
-                        t1 = time.perf_counter()
-                        ts = lidar_us + CAMERA_OFFSETS_US[ch] + (j * KEYFRAME_PERIOD_US) // CAMERA_SWEEPS_PER_KEYFRAME
-                        st = world.state_at(ts * 1000)
-                        img = render_camera(world, st, channels_of[ch])
-                        fname = f'sweeps/{ch}/{logname}__{ch}__{ts}.jpg'
-                        (out / 'sweeps' / ch).mkdir(parents=True, exist_ok=True)
-                        _write_jpeg(out / fname, img.rgb, cfg.jpeg_quality)
-                        # A sweep belongs to the following sample: the devkit interpolates its boxes between the
-                        # previous sample and this one.
-                        add_sample_data(ch, ts, sample_tokens[k + 1], False, fname, st.ego_pose, cfg.width,
-                                        cfg.height, 'jpg')
-                        report.sweep_seconds.append(time.perf_counter() - t1)
-                        if bar is not None:
-                            bar.update(1)
-
-        for i, chain in instance_anns.items():
-            tables.add('instance', {
-                'token': _token(seed, 'instance', si, i),
-                'category_token': _token(seed, 'category', world.obj_category[i]),
-                'nbr_annotations': len(chain),
-                'first_annotation_token': chain[0]['token'],
-                'last_annotation_token': chain[-1]['token'],
-            })
-        tables.add('scene', {
-            'token': scene_token, 'log_token': log_token, 'nbr_samples': n_key,
-            'first_sample_token': sample_tokens[0], 'last_sample_token': sample_tokens[-1], 'name': scene_name,
-            'description': f'synthetic driving scene, seed {seed}, scene {si} (world seed {scene_seed(seed, si)})'})
-        report.scene_names.append(scene_name)
-        report.classes.append(sorted(int(c) for c in present if c != 17))
-
+    for result in results:  # scene order, so the tables do not depend on jobs
+        for name, records in result.tables.items():
+            tables.t[name].extend(records)
+        report.scene_names.append(result.name)
+        report.classes.append(result.classes)
+        report.keyframe_seconds.extend(result.keyframe_seconds)
+        report.sweep_seconds.extend(result.sweep_seconds)
     if bar is not None:
         bar.close()
     tables.write(out / cfg.version)
