@@ -12,9 +12,10 @@ COMPAT := .venv-py310
 
 venv: $(STAMP)
 
-$(STAMP): occ_perception/setup.py constraints.txt
+$(STAMP): occ_perception/setup.py constraints.txt occ_perception/test/requirements-devkit.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e './occ_perception[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r occ_perception/test/requirements-devkit.txt
 	touch $@
 
 test: test-main test-compat
@@ -24,10 +25,11 @@ test: test-main test-compat
 test-main: $(STAMP)
 	cd occ_perception && ../$(PY) -m pytest -q test
 
-$(COMPAT)/.installed: requirements-compat.txt occ_perception/setup.py
+$(COMPAT)/.installed: requirements-compat.txt occ_perception/setup.py occ_perception/test/requirements-devkit.txt
 	test -x $(COMPAT)/bin/python || $(PYTHON310) -m venv $(COMPAT)
 	$(COMPAT)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-compat.txt
 	$(COMPAT)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e ./occ_perception
+	$(COMPAT)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r occ_perception/test/requirements-devkit.txt
 	touch $@
 
 ifeq ($(PYTHON310),)

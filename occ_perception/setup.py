@@ -57,6 +57,11 @@ RUNTIME = [
     'onnxscript>=0.1',  # only for `occ-perception export --dynamo`
 ]
 
+# What nuscenes-devkit 1.2.0's `nuscenes.nuscenes` module imports beyond RUNTIME. The devkit itself pins
+# numpy<2 and Shapely~=2.0.3 for parts we do not use, so `make test` installs it with --no-deps from
+# test/requirements-devkit.txt; loading tables, get_box and ego poses work with numpy 2.
+DEVKIT_IMPORTS = ['matplotlib>=3.6', 'scikit-learn>=1.3', 'cachetools>=5']
+
 setup(
     name=PACKAGE,
     version='0.1.0',
@@ -79,7 +84,7 @@ setup(
         'runtime': RUNTIME,
         # engine builds on a GPU machine; onnxconverter-common makes the fp16 graph for TensorRT 11
         'tensorrt': ['tensorrt>=10', 'onnxconverter-common>=1.14'],
-        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5', 'onnxconverter-common>=1.14'],
+        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5', 'onnxconverter-common>=1.14'] + DEVKIT_IMPORTS,
     },
     cmdclass={'build_py': BuildPyWithMessages},
     zip_safe=False,
