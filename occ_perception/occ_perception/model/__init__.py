@@ -9,20 +9,7 @@ Modules, each readable in one sitting:
 - :mod:`.heads`: channel-to-height semantic and flow heads.
 - :mod:`.network`: :class:`OccNet`, the exported graph.
 - :mod:`.flashocc`: FlashOCC checkpoint import.
+
+Import from the modules themselves: this package's ``__init__`` imports nothing, so that
+the torch-free parts (:mod:`.config`, the CLI's argument parsing) load where torch is absent.
 """
-
-from .config import CONFIGS, ConfigError, ModelConfig, get_config
-from .network import OUTPUT_NAMES, OccNet
-from .splat import SplatError, build_splat_tables, splat_table_names
-
-__all__ = [
-    'CONFIGS',
-    'ConfigError',
-    'ModelConfig',
-    'OUTPUT_NAMES',
-    'OccNet',
-    'SplatError',
-    'build_splat_tables',
-    'get_config',
-    'splat_table_names',
-]
