@@ -232,7 +232,8 @@ class BevCache:
             self.entries.popleft()
 
     def _stack(self, chosen: list[CacheEntry | None]) -> Any:
-        template = next((e.feature for e in chosen if e is not None), None)
+        # numpy or torch like the cached features (numpy while the cache is empty)
+        template = self.entries[-1].feature if self.entries else None
         if template is None or isinstance(template, np.ndarray):
             out = np.zeros((self.size,) + self.feature_shape, np.float32)
             for slot, entry in enumerate(chosen):
