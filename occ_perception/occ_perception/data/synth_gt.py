@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import Transform
+from ..geometry import Transform, yaw_of
 from ..grid import FREE_LABEL, OCC3D_GRID, GridSpec
 from ..rig import Camera, Rig
 from .synth_render import LidarSpec, lidar_ranges, pixel_rays, render_camera
@@ -110,7 +110,7 @@ def voxelize(world: World, state: WorldState, grid: GridSpec = OCC3D_GRID) -> tu
     # Primitives in the ego frame.
     centers_map, yaws_map = world.primitives_at(state)
     centers = inv.apply(centers_map)
-    ego_yaw = float(np.arctan2(ego.rotation_matrix()[1, 0], ego.rotation_matrix()[0, 0]))
+    ego_yaw = yaw_of(ego)
     yaws = yaws_map - ego_yaw
     half = world.prim_half
     reach = np.where(world.prim_kind == SPHERE, half[:, 0], np.hypot(half[:, 0], half[:, 1]))

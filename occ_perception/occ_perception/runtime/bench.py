@@ -53,7 +53,7 @@ def splat_bench(workdir: Path, repeats: int = 15, threads: int = 0) -> tuple[Ben
     import warnings
 
     from ..model.config import get_config
-    from ..model.splat import Splat, build_splat_tables, frustum_cells, splat_table_names
+    from ..model.splat import Splat, build_splat_tables, frustum_cells, splat_index_add, splat_ranks, splat_table_names
     from ..rig import Rig
     from .ort_backend import OnnxRuntimeBackend
 
@@ -76,20 +76,11 @@ def splat_bench(workdir: Path, repeats: int = 15, threads: int = 0) -> tuple[Ben
     feeds = {'depth': depth.numpy(), 'feat': feat.numpy(), **tables}
 
     # torch reference with BEVPoolv2-style precomputed ranks: gather, multiply, index_add
-    cells = torch.from_numpy(frustum_cells(cfg, Rig.nuscenes().matrices(*cfg.image_size)).reshape(-1))
-    keep = torch.nonzero(cells >= 0).squeeze(1)
-    d, hw = cfg.num_depth_bins, h * w
-    order = torch.argsort(cells[keep], stable=True)  # BEVPoolv2 sorts the ranks by BEV cell
-    keep = keep[order]
-    ranks_depth, ranks_feat, ranks_bev = keep, (keep // (d * hw)) * hw + keep % hw, cells[keep]
-    x_size, y_size = cfg.bev_size
-    c = cfg.context_channels
+    cells = frustum_cells(cfg, Rig.nuscenes().matrices(*cfg.image_size))
+    ranks = splat_ranks(cells, tuple(depth.shape))
 
     def torch_splat() -> torch.Tensor:
-        feat_rows = feat.permute(0, 2, 3, 1).reshape(-1, c)
-        values = depth.reshape(-1).index_select(0, ranks_depth).unsqueeze(1) * feat_rows.index_select(0, ranks_feat)
-        out = torch.zeros(x_size * y_size, c).index_add_(0, ranks_bev, values)
-        return out.t().reshape(c, y_size, x_size)
+        return splat_index_add(depth, feat, ranks, cfg.bev_size)
 
     ort_out = backend.run(feeds)['bev']
     with torch.inference_mode():
