@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from .grid import CLASS_NAMES, FREE_LABEL, NUM_CLASSES, OCC3D_GRID, UNOBSERVED_LABEL, GridSpec
+from .grid import (
+    CLASS_NAMES,
+    FREE_LABEL,
+    NUM_CLASSES,
+    OCC3D_GRID,
+    UNOBSERVED_LABEL,
+    GridSpec,
+)
 from .raycast import first_hits
 
 __all__ = [
@@ -533,7 +540,7 @@ class MetricsReport:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def to_markdown(self) -> str:
-        """A per-class Markdown table (IoU in %, AVE in m/s) followed by the summary rows."""
+        """A per-class Markdown table (IoU in %, AVE in m/s) followed by a summary list."""
         header = ['class']
         if self.iou is not None:
             header.append('IoU %')
@@ -551,14 +558,14 @@ class MetricsReport:
             if self.ave is not None:
                 row.append(_cell(self.ave[c], 1.0, 3))
             lines.append('| ' + ' | '.join(row) + ' |')
-        summary = ['', f'frames: {self.frames}']
+        summary = ['', f'- frames: {self.frames}']
         if self.miou is not None:
-            summary.append(f'mIoU: {_cell(self.miou)} %')
+            summary.append(f'- mIoU: {_cell(self.miou)} %')
         if self.ray_iou is not None and self.ray_iou_at is not None:
             at = ', '.join(f'@{t:g} m {_cell(v)}' for t, v in zip(self.thresholds, self.ray_iou_at))
-            summary.append(f'RayIoU: {_cell(self.ray_iou)} % ({at})')
+            summary.append(f'- RayIoU: {_cell(self.ray_iou)} % ({at})')
         if self.mave is not None:
-            summary.append(f'mAVE: {_cell(self.mave, 1.0, 3)} m/s')
+            summary.append(f'- mAVE: {_cell(self.mave, 1.0, 3)} m/s')
         if self.occ_score is not None:
-            summary.append(f'OccScore: {_cell(self.occ_score)} %')
+            summary.append(f'- OccScore: {_cell(self.occ_score)} %')
         return '\n'.join(lines + summary) + '\n'

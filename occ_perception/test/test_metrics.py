@@ -253,7 +253,7 @@ def test_traversal_first_hit_equals_brute_force_sampling(seed):
         brute = _brute_first_hit(grid, occupied, origins[i], dirs[i], step)
         v = int(hits.voxel[i])
         if v >= 0:
-            t_in, t_out = _voxel_segment(grid, v, origins[i], dirs[i])
+            _, t_out = _voxel_segment(grid, v, origins[i], dirs[i])
             assert occupied.reshape(-1)[v]
             assert hits.depth[i] == pytest.approx(t_out, abs=1e-9)  # where the ray leaves the hit voxel
         else:
@@ -376,3 +376,40 @@ def test_report_json_and_markdown():
     rows = [line for line in md.splitlines() if line.startswith('| ') and not line.startswith('| class')]
     assert len(rows) == 17 and rows[4].startswith('| car | 100.00 | 100.00 | 100.00 | 100.00 | 0.000 |')
     assert 'RayIoU: 100.00' in md
+
+
+def test_unobserved_ground_truth_stops_rays_and_counts_without_a_class():
+    # Along +x from the origin: an unobserved voxel (255) 2 m ahead, a car behind it.
+    labels = np.full(SMALL.shape, FREE_LABEL, np.uint8)
+    labels[10, 9, 8] = 255  # x in [2.0, 2.4)
+    labels[12, 9, 8] = 4
+    origin = np.array([[0.0, 0.4, 0.0]])
+    hit = cast_rays(labels, origin, SMALL, np.array([[1.0, 0.0, 0.0]]))
+    assert hit.label.tolist() == [255] and hit.depth[0] == pytest.approx(2.4)
+    # A prediction of car where the ground truth is unobserved: the rays count, Pred_car > 0, GT_car = 0.
+    gt = np.full(SMALL.shape, FREE_LABEL, np.uint8)
+    gt[13, :, :] = 255
+    pred = np.where(gt == 255, 4, FREE_LABEL).astype(np.uint8)
+    rm = RayMetrics(SMALL)
+    rm.add(pred, gt, origin)
+    r = rm.result()
+    assert r.rays > 0 and np.all(r.iou[:, 4] == 0.0) and np.all(np.isnan(np.delete(r.iou, 4, axis=1)))
+
+
+def test_flow_is_read_at_each_volume_own_hit_voxel():
+    # Ground-truth car wall at x index 13, predicted one voxel further (index 14), both spanning y and z.
+    gt = np.full(SMALL.shape, FREE_LABEL, np.uint8)
+    gt[13] = 4
+    pred = np.full(SMALL.shape, FREE_LABEL, np.uint8)
+    pred[14] = 4
+    gt_flow = np.zeros(SMALL.shape + (2,), np.float32)
+    gt_flow[14] = (1.0, 0.0)  # where the prediction hits: must not be read for the ground truth
+    pred_flow = np.zeros(SMALL.shape + (2,), np.float32)
+    pred_flow[13] = (5.0, 5.0)  # where the ground truth hits: must not be read for the prediction
+    pred_flow[14] = (1.0, 0.0)
+    rm = RayMetrics(SMALL)
+    rm.add(pred, gt, np.array([[0.0, 0.4, 0.0]]), pred_flow, gt_flow)
+    r = rm.result()
+    assert r.iou[1, 4] > 0.5  # true positives at 2 m exist
+    assert r.ave[4] == pytest.approx(1.0) and r.mave == pytest.approx(1.0)
+    assert r.occ_score == pytest.approx(0.9 * r.ray_iou)  # max(1 - 1, 0) = 0
