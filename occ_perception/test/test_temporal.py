@@ -312,3 +312,59 @@ def test_cache_feeds_a_temporal_network() -> None:
         seen.append(history.valid.tolist())
     assert seen == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
     assert out['labels'].shape == GRID.shape
+
+
+# A non-square grid whose origin is not centred on the ego: x in [-24, 40), y in [-40, 56) at 0.4 m.
+OFFSET_GRID = GridSpec(lower=(-24.0, -40.0, -1.0), size=(160, 240, 16), voxel_size=0.4)
+
+
+@pytest.mark.parametrize('motion', [(3.0, 0.0, 0.0), (2.0, 1.5, 0.25), (-1.0, 4.0, -0.6)])
+def test_warp_on_an_offset_non_square_grid(motion) -> None:
+    """The same static-world check as above on 160 x 240 cells; a swap of x and y cannot pass it."""
+    torch = pytest.importorskip('torch')
+    F = torch.nn.functional
+    shape = (1, 240, 160)  # (C, Y, X)
+    c = BevCache(TemporalConfig(offsets=(0.5,), history_span=1.0), OFFSET_GRID, shape)
+    assert c.bev_grid.shape[:2] == (160, 240) and c.bev_grid.lower[:2] == (-24.0, -40.0)
+    prev_pose = Transform.from_yaw(0.4, [90.0, 40.0, 0.0])
+    dx, dy, dyaw = motion
+    cur_pose = prev_pose @ Transform.from_yaw(dyaw, [dx, dy, 0.0])
+    prev_map = bev_of_world(prev_pose, c.bev_grid)
+    assert prev_map.shape == shape
+    c.prepare(0, prev_pose, 'rig')
+    c.push(0, prev_pose, prev_map)
+    history = c.prepare(500 * MS, cur_pose, 'rig')
+    theta = torch.from_numpy(history.theta)
+    sample = F.affine_grid(theta, (1, 1, 240, 160), align_corners=True)
+    warped = F.grid_sample(torch.from_numpy(history.bev), sample, align_corners=True)[0, 0].numpy()
+    expected = bev_of_world(cur_pose, c.bev_grid)[0]
+    inside = (sample[0].abs() <= 1.0).all(-1).numpy()
+    assert inside.mean() > 0.6
+    assert np.abs(warped - expected)[inside].max() < 0.02
+    assert np.abs(history.bev[0, 0] - expected)[inside].max() > 0.2
+    from occ_perception.model.bev import HistoryWarp
+
+    feeds = {k: torch.from_numpy(v) for k, v in history.feeds().items()}
+    in_graph = HistoryWarp((160, 240))(feeds['history_bev'], feeds['history_theta'], feeds['history_valid'])
+    assert tuple(in_graph.shape) == (1, 1, 240, 160)
+    np.testing.assert_allclose(in_graph[0, 0].numpy(), warped, atol=1e-5)
+
+
+def test_warp_moves_a_cell_to_the_right_cell_on_an_offset_grid() -> None:
+    """Exact cell arithmetic without interpolation: a pure translation by whole cells along x, then y."""
+    torch = pytest.importorskip('torch')
+    F = torch.nn.functional
+    c = BevCache(TemporalConfig(offsets=(0.5,), history_span=1.0), OFFSET_GRID, (1, 240, 160))
+    for step, (di, dj) in [((2.0, 0.0), (5, 0)), ((0.0, -3.2), (0, -8))]:  # metres -> cells (x, y)
+        c.reset()
+        prev_map = np.zeros((1, 240, 160), np.float32)
+        ix, iy = 100, 30  # the cell at x = -24 + 100.5 * 0.4 = 16.2 m, y = -40 + 30.5 * 0.4 = -27.8 m
+        prev_map[0, iy, ix] = 1.0
+        c.prepare(0, Transform(), 'rig')
+        c.push(0, Transform(), prev_map)
+        history = c.prepare(500 * MS, Transform(translation=[step[0], step[1], 0.0]), 'rig')
+        sample = F.affine_grid(torch.from_numpy(history.theta), (1, 1, 240, 160), align_corners=True)
+        warped = F.grid_sample(torch.from_numpy(history.bev), sample, align_corners=True)[0, 0].numpy()
+        # the ego moved by +step, so a fixed cell appears at -step in the new ego frame
+        peak = np.unravel_index(np.argmax(warped), warped.shape)
+        assert peak == (iy - dj, ix - di) and warped[peak] == pytest.approx(1.0, abs=1e-5)
