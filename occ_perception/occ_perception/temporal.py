@@ -161,7 +161,7 @@ def select_slots(entry_stamps_ns: np.ndarray, stamp_ns: int, config: TemporalCon
     k = len(config.offsets)
     if stamps.size == 0 or k == 0:
         return np.full(k, -1, dtype=np.int64)
-    targets = int(stamp_ns) - np.array([int(round(o * NS)) for o in config.offsets], dtype=np.int64)
+    targets = int(stamp_ns) - np.array([round(o * NS) for o in config.offsets], dtype=np.int64)
     distance = np.abs(stamps[None, :] - targets[:, None])  # (K, N) [ns]
     best = np.argmin(distance, axis=1)
     ok = (distance[np.arange(k), best] <= config.tolerance * NS) & (stamps[best] < int(stamp_ns))
