@@ -434,8 +434,15 @@ def occupancy_points(
     """Voxel centres of the occupied voxels as a :data:`POINT_DTYPE` array (flat-index order).
 
     Args:
-        labels: (X, Y, Z) uint8. flow: (X, Y, Z, 2) [m/s] or None (zeros).
+        labels: (X, Y, Z) uint8 in ``grid``'s shape. flow: (X, Y, Z, 2) [m/s] or None (zeros).
+
+    Raises:
+        MessagesError: an array's shape (for example (Y, X, Z), as many voxels in another order) or dtype
+            does not fit the grid.
     """
+    _check_grid_array(labels, grid, 'labels')
+    if flow is not None and tuple(flow.shape) != grid.shape + (2,):
+        raise MessagesError(f'flow: expected shape {grid.shape + (2,)} (the grid), got {tuple(flow.shape)}')
     flat = labels.reshape(-1)
     idx = np.flatnonzero((flat != free_label) & (flat != 255))
     centers = grid.flat_centers(idx).astype(np.float32)

@@ -175,3 +175,72 @@ def test_bad_inputs_are_named() -> None:
         read_semantic_occupancy(msg)
     with pytest.raises(MessagesError, match='distro'):
         rosbags_typestore('rolling')
+
+
+# A non-square grid whose origin is not centred on the ego: x in [-24, 40), y in [-40, 56) at 0.4 m.
+OFFSET_GRID = GridSpec(lower=(-24.0, -40.0, -1.0), size=(160, 240, 16), voxel_size=0.4)
+# (ix, iy, iz), label, (vx, vy): chosen so that no two share an index value
+VOXELS = [((150, 20, 3), 4, (1.5, -0.5)), ((5, 230, 12), 9, (-2.0, 3.0)), ((80, 199, 0), 7, (0.25, 0.75))]
+
+
+def _offset_grid_arrays() -> tuple[np.ndarray, np.ndarray]:
+    labels = np.full(OFFSET_GRID.shape, FREE_LABEL, np.uint8)
+    flow = np.zeros(OFFSET_GRID.shape + (2,), np.float32)
+    for index, label, velocity in VOXELS:
+        labels[index] = label
+        flow[index] = velocity
+    return labels, flow
+
+
+def _flat(ix: int, iy: int, iz: int) -> int:
+    return (ix * 240 + iy) * 16 + iz  # DESIGN.md: (ix * size_y + iy) * size_z + iz
+
+
+@pytest.mark.parametrize('distro', DISTROS)
+def test_offset_non_square_grid_through_every_message(distro: str) -> None:
+    labels, flow = _offset_grid_arrays()
+    types = MessageTypes.rosbags(distro)
+
+    msg = roundtrip(distro, make_semantic_occupancy(types, STAMP, 'base_link', OFFSET_GRID, labels),
+                    'occ_perception_msgs/msg/SemanticOccupancy')
+    assert (msg.info.size_x, msg.info.size_y, msg.info.size_z) == (160, 240, 16)
+    assert (msg.info.origin.position.x, msg.info.origin.position.y, msg.info.origin.position.z) == (-24.0, -40.0, -1.0)
+    raw = np.asarray(msg.labels)
+    for (ix, iy, iz), label, _ in VOXELS:
+        assert raw[_flat(ix, iy, iz)] == label
+    assert np.count_nonzero(raw != FREE_LABEL) == len(VOXELS)
+    back = read_semantic_occupancy(msg)
+    assert back.grid == OFFSET_GRID
+    np.testing.assert_array_equal(back.labels, labels)
+
+    indices, velocity = flow_from_dense(labels, flow)
+    msg = roundtrip(distro, make_occupancy_flow(types, STAMP, 'base_link', OFFSET_GRID, indices, velocity),
+                    'occ_perception_msgs/msg/OccupancyFlow')
+    got = dict(zip(np.asarray(msg.indices).tolist(), zip(np.asarray(msg.velocity_x), np.asarray(msg.velocity_y))))
+    assert got == {_flat(*index): velocity for index, _, velocity in VOXELS}
+    np.testing.assert_array_equal(read_occupancy_flow(msg).dense(), flow)
+
+    points = occupancy_points(OFFSET_GRID, labels, flow)
+    msg = roundtrip(distro, make_pointcloud2(types, STAMP, 'base_link', points), 'sensor_msgs/msg/PointCloud2')
+    cloud = read_pointcloud2(msg)
+    by_label = {int(p['label']): p for p in cloud}
+    assert sorted(by_label) == sorted(label for _, label, _ in VOXELS)
+    for (ix, iy, iz), label, (vx, vy) in VOXELS:
+        p = by_label[label]
+        # voxel centre = lower + (index + 0.5) * 0.4, written out per axis
+        expected = (-24.0 + (ix + 0.5) * 0.4, -40.0 + (iy + 0.5) * 0.4, -1.0 + (iz + 0.5) * 0.4)
+        np.testing.assert_allclose((p['x'], p['y'], p['z']), expected, atol=1e-5)
+        assert (p['vx'], p['vy']) == (vx, vy)
+
+
+def test_arrays_in_the_wrong_axis_order_are_refused() -> None:
+    """(Y, X, Z) arrays hold as many voxels as (X, Y, Z) ones; they must not pass as the grid."""
+    labels, flow = _offset_grid_arrays()
+    swapped = np.ascontiguousarray(labels.transpose(1, 0, 2))
+    types = MessageTypes.rosbags('jazzy')
+    with pytest.raises(MessagesError, match=r'labels.*\(160, 240, 16\)'):
+        make_semantic_occupancy(types, STAMP, 'base_link', OFFSET_GRID, swapped)
+    with pytest.raises(MessagesError, match=r'labels.*\(160, 240, 16\)'):
+        occupancy_points(OFFSET_GRID, swapped)
+    with pytest.raises(MessagesError, match=r'flow.*\(160, 240, 16, 2\)'):
+        occupancy_points(OFFSET_GRID, labels, np.ascontiguousarray(flow.transpose(1, 0, 2, 3)))

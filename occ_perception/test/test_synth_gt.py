@@ -203,3 +203,55 @@ def test_march_visibility_stops_at_the_first_occupied_voxel():
     assert seen[:7, 1, 1].all() and not seen[7:, 1, 1].any() and seen.sum() == 7
     with pytest.raises(GroundTruthError, match='inside the grid'):
         march_visibility(grid, occupied, np.array([[-1.0, 1.5, 1.5]]), np.array([[1.0, 0.0, 0.0]]))
+
+
+# A non-square grid whose origin is not centred on the ego: x in [-24, 40), y in [-40, 56) at 0.4 m.
+OFFSET_GRID = GridSpec(lower=(-24.0, -40.0, -1.0), size=(160, 240, 16), voxel_size=0.4)
+
+
+def test_objects_land_in_the_right_voxels_of_an_offset_non_square_grid() -> None:
+    """Two boxes at known ego positions, near opposite corners of the grid, with a turned ego."""
+    from dataclasses import replace
+
+    from occ_perception.data.synth_gt import voxelize
+    from occ_perception.data.synth_world import BOX
+
+    world = generate_world(5, duration_s=2.0)
+    state = world.state_at(world.start_ns)
+    # ego-frame box centres [m] (x beyond the 24 m the grid reaches backwards, y beyond its 40 m to the right),
+    # half sizes (x, y, z) [m] and labels (car, trailer)
+    ego_xy = np.array([[35.1, -30.1], [-20.1, 50.1]])
+    half = np.array([[1.0, 0.6, 0.7], [0.6, 1.4, 0.9]])  # no face on a voxel centre
+    labels = np.array([4, 9], np.uint8)
+    ego = Transform.from_yaw(0.7, [30.0, -12.0, 0.0])
+    yaw_in_ego = np.array([0.0, np.pi / 2])  # the second box turned by 90 degrees in the ego frame
+    n = world.num_objects
+    obj_xy = np.asarray(state.obj_xy, dtype=np.float64).copy()
+    obj_yaw = np.asarray(state.obj_yaw, dtype=np.float64).copy()
+    obj_xy[:2] = ego.apply(np.c_[ego_xy, np.zeros(2)])[:, :2]
+    obj_yaw[:2] = 0.7 + yaw_in_ego
+    state = replace(state, ego_pose=ego, obj_xy=obj_xy, obj_yaw=obj_yaw, obj_velocity=np.zeros((n, 2)))
+    world = replace(
+        world,
+        prim_owner=np.array([0, 1]), prim_kind=np.array([BOX, BOX]), prim_center=np.c_[np.zeros((2, 2)), half[:, 2]],
+        prim_half=half, prim_yaw=np.zeros(2), prim_label=labels, prim_color=np.full((2, 3), 0.5),
+        prim_style=np.zeros(2, dtype=world.prim_style.dtype), prim_seed=np.zeros(2, dtype=world.prim_seed.dtype),
+    )
+    sem, owner, _ = voxelize(world, state, OFFSET_GRID)
+    assert sem.shape == owner.shape == (160, 240, 16)
+    # the voxel of each box centre, by hand: floor((x - lower) / 0.4)
+    for (x, y), h, label in zip(ego_xy, half, labels):
+        ix, iy, iz = int((x + 24.0) / 0.4), int((y + 40.0) / 0.4), int((h[2] + 1.0) / 0.4)
+        assert sem[ix, iy, iz] == label, (ix, iy, iz)
+    assert (int((35.1 + 24.0) / 0.4), int((-30.1 + 40.0) / 0.4)) == (147, 24)
+    # every voxel whose centre lies inside a box, and no other, is that box's (centres taken to map and back)
+    centers = OFFSET_GRID.voxel_centers()
+    in_map = ego.apply(centers.reshape(-1, 3))
+    for o in range(2):
+        rel = np.asarray(ego.inverse().apply(in_map))[:, :2] - ego_xy[o]
+        c, s = np.cos(yaw_in_ego[o]), np.sin(yaw_in_ego[o])
+        lx, ly = c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1]
+        z = centers.reshape(-1, 3)[:, 2]
+        inside = (np.abs(lx) <= half[o, 0]) & (np.abs(ly) <= half[o, 1]) & (z >= 0.2) & (z <= 2 * half[o, 2])
+        np.testing.assert_array_equal((owner.reshape(-1) == o), inside)
+        assert inside.sum() > 20

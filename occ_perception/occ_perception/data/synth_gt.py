@@ -115,7 +115,11 @@ def voxelize(world: World, state: WorldState, grid: GridSpec = OCC3D_GRID) -> tu
     yaws = yaws_map - ego_yaw
     half = world.prim_half
     reach = np.where(world.prim_kind == SPHERE, half[:, 0], np.hypot(half[:, 0], half[:, 1]))
-    near = (np.abs(centers[:, 0]) - reach < -lower[0] + vs) & (np.abs(centers[:, 1]) - reach < -lower[1] + vs)
+    # primitives whose horizontal reach overlaps the grid (with a voxel of slack), on each side of each axis:
+    # the grid need not be centred on the ego
+    upper = np.asarray(grid.upper, dtype=np.float64)
+    near = np.all((centers[:, :2] + reach[:, None] > lower[:2] - vs) & (centers[:, :2] - reach[:, None] < upper[:2] + vs),
+                  axis=1)
     rot = ego.rotation_matrix()
     vel_ego = state.obj_velocity @ rot[:2, :2]  # R^T v for planar rotations: rows (vx, vy) map -> ego
     dynamic = np.any(state.obj_velocity != 0.0, axis=1) | world.obj_follow
