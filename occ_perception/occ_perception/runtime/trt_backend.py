@@ -45,7 +45,8 @@ def engine_io_specs(engine: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSp
     Raises:
         BackendError: a tensor has a type numpy cannot hold (bf16, fp8, int4).
     """
-    inputs, outputs = [], []
+    inputs: list[TensorSpec] = []
+    outputs: list[TensorSpec] = []
     for index in range(engine.num_io_tensors):
         name = engine.get_tensor_name(index)
         dtype_name = engine.get_tensor_dtype(name).name
@@ -185,22 +186,23 @@ class TensorRTBackend(Backend):
 
     def close(self) -> None:
         """Free the device buffers, the stream, the execution context and the engine. Safe to call twice."""
-        cudart = getattr(self, 'cudart', None)
+        cudart: Any = getattr(self, 'cudart', None)
         errors = []
         if cudart is not None and self._stream is not None:
             try:
                 cuda_check(cudart, cudart.cudaStreamSynchronize(self._stream), 'cudaStreamSynchronize')
             except BackendError as err:
                 errors.append(str(err))
+        # the execution context goes before the engine, the engine before the runtime
+        self.context = None
+        self.engine = None
+        self.runtime = None
         for name, (pointer, _) in list(self._buffers.items()):
             del self._buffers[name]
             try:
                 cuda_check(cudart, cudart.cudaFree(pointer), f'cudaFree({name})')
             except BackendError as err:
                 errors.append(str(err))
-        self.context = None
-        self.engine = None
-        self.runtime = None
         if cudart is not None and self._stream is not None:
             stream, self._stream = self._stream, None
             try:
