@@ -12,10 +12,12 @@ COMPAT := .venv-py310
 
 venv: $(STAMP)
 
-$(STAMP): occ_perception/setup.py constraints.txt occ_perception/test/requirements-devkit.txt
+$(STAMP): occ_perception/setup.py constraints.txt occ_perception/test/requirements-devkit.txt \
+		occ_perception/test/requirements-modelopt.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e './occ_perception[test]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r occ_perception/test/requirements-devkit.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r occ_perception/test/requirements-modelopt.txt
 	touch $@
 
 test: test-main test-compat

@@ -82,9 +82,11 @@ setup(
     install_requires=[],
     extras_require={
         'runtime': RUNTIME,
-        # engine builds on a GPU machine; onnxconverter-common makes the fp16 graph for TensorRT 11
-        'tensorrt': ['tensorrt>=10', 'onnxconverter-common>=1.14'],
-        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5', 'onnxconverter-common>=1.14'] + DEVKIT_IMPORTS,
+        # engine builds and runs on a GPU machine: TensorRT 10 or 11 and the CUDA runtime API of cuda-python
+        # (no torch). fp16 engines need the fp16 ONNX from ModelOpt AutoCast, installed lean with --no-deps
+        # from test/requirements-modelopt.txt (its [onnx] extra would pull a second torch and onnxruntime-gpu).
+        'tensorrt': ['tensorrt>=10', 'cuda-python>=12'],
+        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5'] + DEVKIT_IMPORTS,
     },
     cmdclass={'build_py': BuildPyWithMessages},
     zip_safe=False,

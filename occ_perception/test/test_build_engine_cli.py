@@ -1,7 +1,8 @@
-"""`occ-perception build-engine` up to the point where TensorRT is needed."""
+"""`occ-perception build-engine`: profile, cache key per camera count, and its one-line errors (exit status 2)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,11 +10,16 @@ import pytest
 
 pytest.importorskip('torch')
 
-from occ_perception.cli import main  # noqa: E402
-from occ_perception.model.config import get_config  # noqa: E402
-from occ_perception.model.network import OccNet  # noqa: E402
-from occ_perception.runtime.engine import onnx_io_specs, shape_ranges  # noqa: E402
-from occ_perception.runtime.export import export_onnx, sample_inputs  # noqa: E402
+import test_trt_fake
+from test_trt_fake import FakeCudart
+
+from occ_perception.cli import main
+from occ_perception.model.config import get_config
+from occ_perception.model.network import OccNet
+from occ_perception.runtime.engine import onnx_io_specs, shape_ranges, sidecar_path
+from occ_perception.runtime.export import export_onnx, sample_inputs
+
+fakes = test_trt_fake.fakes  # the fake tensorrt / cuda-python fixture
 
 
 @pytest.fixture(scope='module')
@@ -36,14 +42,54 @@ def test_profile_of_the_nuscenes_rig(tiny_onnx: Path) -> None:
                 assert r.min[dim] == 1 and r.max[dim] >= 2 * feeds[name].shape[dim] - 1
 
 
-def test_build_engine_refuses_an_onnx_of_another_config(tiny_onnx: Path, capsys) -> None:
-    assert main(['build-engine', str(tiny_onnx), '--config', 'flashocc-m0']) == 1
+def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in err, err
+    assert lines[0].startswith('occ-perception build-engine: error: ')
+    return lines[0]
+
+
+def test_build_engine_refuses_an_onnx_of_another_config(tiny_onnx: Path, capsys) -> None:
+    assert main(['build-engine', str(tiny_onnx), '--config', 'flashocc-m0']) == 2
+    err = one_error_line(capsys)
     assert 'does not match the model configuration' in err and 'images' in err
+
+
+def test_build_engine_without_an_onnx_file(tmp_path: Path, capsys) -> None:
+    assert main(['build-engine', str(tmp_path / 'missing.onnx'), '--config', 'tiny']) == 2
+    assert 'no ONNX file' in one_error_line(capsys)
 
 
 def test_build_engine_without_tensorrt_says_how_to_get_it(tiny_onnx: Path, capsys, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, 'tensorrt', None)
-    assert main(['build-engine', str(tiny_onnx), '--config', 'tiny']) == 1
-    assert 'pip install tensorrt' in capsys.readouterr().err
+    assert main(['build-engine', str(tiny_onnx), '--config', 'tiny']) == 2
+    assert 'pip install tensorrt' in one_error_line(capsys)
     assert not list(tiny_onnx.parent.glob('*.engine'))
+
+
+def test_build_engine_without_a_gpu(tiny_onnx: Path, capsys, fakes) -> None:
+    fakes(cudart=FakeCudart(devices=0))
+    assert main(['build-engine', str(tiny_onnx), '--config', 'tiny', '--precision', 'fp32']) == 2
+    assert 'cudaErrorNoDevice' in one_error_line(capsys)
+
+
+def test_build_engine_for_a_camera_count(tmp_path: Path, tiny_onnx: Path, capsys, fakes) -> None:
+    trt, _ = fakes('11.4.0.106')
+    onnx_path = tmp_path / tiny_onnx.name
+    onnx_path.write_bytes(tiny_onnx.read_bytes())
+    engines = []
+    for cameras in (4, 6):
+        assert main(['build-engine', str(onnx_path), '--config', 'tiny', '--precision', 'fp32',
+                     '--cameras', str(cameras)]) == 0
+        out = capsys.readouterr().out
+        engines.append(Path(out.split('engine: ', 1)[1].strip()))
+        key = json.loads(sidecar_path(engines[-1]).read_text())['key']
+        images = key['profile']['images']
+        assert images['min'][0] == images['opt'][0] == images['max'][0] == cameras
+    assert engines[0] != engines[1] and len(trt.builds) == 2
+    # the tables of a 4-camera rig are shorter than those of the 6-camera rig
+    tables = [json.loads(sidecar_path(e).read_text())['key']['profile']['splat_depth_index']['opt'][0] for e in engines]
+    assert tables[0] < tables[1]
+    assert main(['build-engine', str(onnx_path), '--config', 'tiny', '--cameras', '9']) == 2
+    assert '--cameras' in one_error_line(capsys)

@@ -59,7 +59,6 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], t
 def assert_parity(net: OccNet, path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ort_out = OnnxRuntimeBackend(path).run(feeds)
     ref = TorchBackend(net, net.input_specs(), net.output_names()).run(feeds)
-    ref = {k: v.numpy() for k, v in ref.items()}
     assert ort_out['labels'].dtype == np.uint8 and ort_out['labels'].shape == (200, 200, 16)
     assert ort_out['confidence'].dtype == np.uint8
     assert ort_out['flow'].dtype == np.float32 and ort_out['flow'].shape == (200, 200, 16, 2)

@@ -1,5 +1,5 @@
 """Backend host-side logic that needs no GPU: feed checks, ONNX specs, engine cache keys,
-optimisation profiles, TensorRT I/O mapping and the fp16 conversion of the TensorRT 11 path."""
+optimisation profiles, TensorRT I/O mapping and the fp16 conversion for strongly typed builds."""
 
 from __future__ import annotations
 
@@ -12,20 +12,31 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from occ_perception.runtime.base import BackendError, TensorSpec, check_feeds, match_specs
+from occ_perception.runtime.base import (
+    BackendError,
+    TensorSpec,
+    check_feeds,
+    match_specs,
+)
 from occ_perception.runtime.engine import (
     EngineError,
     EngineKey,
+    GpuInfo,
     ShapeRange,
     convert_to_fp16,
     import_tensorrt,
     onnx_digest,
     onnx_io_specs,
     shape_ranges,
+    sidecar_path,
     trt_major,
 )
 from occ_perception.runtime.ort_backend import OnnxRuntimeBackend
-from occ_perception.runtime.trt_backend import TRT_DTYPES, engine_io_specs, engine_profile
+from occ_perception.runtime.trt_backend import (
+    TRT_DTYPES,
+    engine_io_specs,
+    engine_profile,
+)
 
 SPECS = (
     TensorSpec('images', 'uint8', (6, 16, 32, 3)),
@@ -144,26 +155,39 @@ def test_torch_backend_matches_onnxruntime(tmp_path: Path) -> None:
     f = feeds()
     ref = TorchBackend(Small(), SPECS, ['labels', 'score']).run(f)
     ort = OnnxRuntimeBackend(path).run(f)
-    np.testing.assert_allclose(ref['score'].numpy(), ort['score'], rtol=1e-5, atol=1e-5)
+    assert isinstance(ref['score'], np.ndarray) and isinstance(ref['labels'], np.ndarray)
+    np.testing.assert_allclose(ref['score'], ort['score'], rtol=1e-5, atol=1e-5)
 
 
 def test_engine_key_and_path(tmp_path: Path) -> None:
     path = small_graph(tmp_path / 'occ_tiny.onnx')
-    key = EngineKey.for_file(path, '10.13.0.35', 'NVIDIA GeForce RTX 3090', 'fp16')
+    gpu = GpuInfo(0, 'NVIDIA GeForce RTX 3090', '8.6')
+    ranges = shape_ranges(SPECS, feeds(n=1000), headroom=2.0, exact=('images',))
+    key = EngineKey.create(path, '10.13.0.35', gpu, 'fp16', ranges, 4 << 30)
     assert key.onnx_sha256 == onnx_digest(path) and len(key.onnx_sha256) == 64
+    assert dict(key.as_dict()['profile']['table']) == {'min': [1], 'opt': [1000], 'max': [2000]}
     engine = key.engine_path(path)
     assert engine.parent == tmp_path
-    assert engine.name == f'occ_tiny.{key.onnx_sha256[:16]}.trt10.13.0.35.nvidia-geforce-rtx-3090.fp16.engine'
-    # every part of the key changes the file name
-    variants = {
-        EngineKey.for_file(path, '11.4.0', 'NVIDIA GeForce RTX 3090', 'fp16').engine_path(path),
-        EngineKey.for_file(path, '10.13.0.35', 'NVIDIA A100-SXM4-40GB', 'fp16').engine_path(path),
-        EngineKey.for_file(path, '10.13.0.35', 'NVIDIA GeForce RTX 3090', 'fp32').engine_path(path),
-        EngineKey.for_file(small_graph(tmp_path / 'occ_tiny.onnx', weight_seed=1), '10.13.0.35', 'NVIDIA GeForce RTX 3090', 'fp16').engine_path(path),
-    }
-    assert engine not in variants and len(variants) == 4
+    assert engine.name == f'occ_tiny.fp16.{key.digest()[:16]}.engine'
+    assert sidecar_path(engine).name == engine.name + '.json'
+    # every build input changes the file name
+    other_ranges = shape_ranges(SPECS, feeds(n=1000), headroom=1.5, exact=('images',))
+    variants = [
+        EngineKey.create(path, '11.4.0', gpu, 'fp16', ranges, 4 << 30),
+        EngineKey.create(path, '10.13.0.35', GpuInfo(0, 'NVIDIA A100-SXM4-40GB', '8.6'), 'fp16', ranges, 4 << 30),
+        EngineKey.create(path, '10.13.0.35', GpuInfo(0, 'NVIDIA GeForce RTX 3090', '8.9'), 'fp16', ranges, 4 << 30),
+        EngineKey.create(path, '10.13.0.35', gpu, 'fp32', ranges, 4 << 30),
+        EngineKey.create(path, '10.13.0.35', gpu, 'fp16', other_ranges, 4 << 30),
+        EngineKey.create(path, '10.13.0.35', gpu, 'fp16', ranges, 2 << 30),
+        EngineKey.create(small_graph(tmp_path / 'other.onnx', weight_seed=1), '10.13.0.35', gpu, 'fp16', ranges, 4 << 30),
+    ]
+    names = {v.engine_path(path) for v in variants}
+    assert engine not in names and len(names) == len(variants)
+    assert EngineKey.create(path, '10.13.0.35', gpu, 'fp16', dict(reversed(list(ranges.items()))), 4 << 30) == key
     with pytest.raises(EngineError, match='precision'):
-        EngineKey(key.onnx_sha256, '10.0', 'gpu', 'int4')
+        EngineKey.create(path, '10.0', gpu, 'int4', ranges, 1)
+    with pytest.raises(EngineError, match='compute_capability'):
+        EngineKey.create(path, '10.0', GpuInfo(0, 'gpu', 'sm86'), 'fp16', ranges, 1)
     assert trt_major('10.13.0.35') == 10 and trt_major('11.4.0.106') == 11
     with pytest.raises(EngineError):
         trt_major('ten')
@@ -251,14 +275,32 @@ def test_missing_tensorrt_is_a_clear_error(monkeypatch) -> None:
 
 
 def test_fp16_conversion_keeps_io_types_and_results(tmp_path: Path) -> None:
+    pytest.importorskip('torch')  # ModelOpt AutoCast imports torch
+    pytest.importorskip('modelopt.onnx.autocast', reason='needs nvidia-modelopt (test/requirements-modelopt.txt)')
     path = small_graph(tmp_path / 'small.onnx')
-    half = convert_to_fp16(path, tmp_path / 'small.fp16.onnx')
+    half = convert_to_fp16(path, tmp_path / 'small.fp16.onnx', feeds(n=500))
     inputs, outputs = onnx_io_specs(half)
     assert inputs == SPECS and outputs[1].dtype == 'float32'
     model = onnx.load(str(half))
     assert any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
-    f = feeds(n=500)
+    f = feeds(n=500, seed=3)
     full = OnnxRuntimeBackend(path).run(f)
     reduced = OnnxRuntimeBackend(half).run(f)
     np.testing.assert_allclose(reduced['score'], full['score'], rtol=2e-2, atol=0.5)
     assert (reduced['labels'] == full['labels']).mean() > 0.97
+
+
+def test_missing_modelopt_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, 'modelopt.onnx.autocast', None)
+    with pytest.raises(EngineError, match='nvidia-modelopt'):
+        convert_to_fp16(small_graph(tmp_path / 'small.onnx'), tmp_path / 'half.onnx', feeds())
+
+
+def test_backends_return_numpy_and_close(tmp_path: Path) -> None:
+    backend = OnnxRuntimeBackend(small_graph(tmp_path / 'small.onnx'))
+    out = backend.run(feeds())
+    assert all(isinstance(v, np.ndarray) for v in out.values())
+    backend.close()
+    backend.close()
+    with pytest.raises(BackendError, match='after close'):
+        backend.run(feeds())

@@ -308,7 +308,7 @@ def test_cache_feeds_a_temporal_network() -> None:
         history = c.prepare(stamp, pose, 'nuscenes')
         feeds.update(history.feeds())
         out = backend.run(feeds)
-        c.push(stamp, pose, out['bev_feature'].numpy())
+        c.push(stamp, pose, out['bev_feature'])
         seen.append(history.valid.tolist())
     assert seen == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
     assert out['labels'].shape == GRID.shape

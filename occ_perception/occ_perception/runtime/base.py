@@ -10,8 +10,9 @@ runtime.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,9 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any], where: st
 class Backend(ABC):
     """One loaded network graph.
 
-    Subclasses set :attr:`inputs` and :attr:`outputs` and implement :meth:`_run`.
+    Subclasses set :attr:`inputs` and :attr:`outputs`, implement :meth:`_run`, and
+    override :meth:`close` when they hold a session, a context or device memory.
+    Every backend returns numpy arrays on the host from :meth:`run`.
     """
 
     name: str = 'backend'
@@ -93,7 +96,7 @@ class Backend(ABC):
             feeds: input name -> array (numpy, or a torch tensor where the backend accepts one).
 
         Returns:
-            output name -> array (numpy for onnxruntime; numpy or torch for the others, as documented there).
+            output name -> numpy array on the host (every backend; device outputs are copied back).
 
         Raises:
             BackendError: the feeds do not match the graph's inputs.
@@ -103,7 +106,10 @@ class Backend(ABC):
 
     @abstractmethod
     def _run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        """Run with already-checked feeds."""
+        """Run with already-checked feeds; return numpy arrays."""
+
+    def close(self) -> None:
+        """Release what the backend holds (session, execution context, device memory). Safe to call twice."""
 
     @property
     def input_names(self) -> tuple[str, ...]:

@@ -1,44 +1,60 @@
-"""TensorRT engine builds from ONNX, and the engine cache.
+"""TensorRT engine builds from ONNX, the engine cache, and the CUDA runtime calls both need.
 
-An engine is built on first use and cached next to its ONNX file under a
-name that carries everything that invalidates it: the ONNX file's SHA-256,
-the TensorRT version, the GPU's name and the precision. A later start with
-the same four finds the file and skips the build.
+An engine is built on first use and cached next to its ONNX file. Its name
+carries a digest of everything that shapes it (:class:`EngineKey`): the ONNX
+file's SHA-256, the TensorRT version, the GPU's name and compute capability,
+the precision, every input's optimisation-profile range and the workspace
+limit. A JSON sidecar beside the engine lists the full key. A later start with
+the same key finds the file and skips the build; any change builds anew.
 
-Precision ``fp16`` is reached two ways, as the TensorRT versions require:
+One precision path for TensorRT 10 and 11: the network is always strongly typed
+(``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; weak typing is deprecated
+since 10.12 and gone in 11, with ``BuilderFlag.FP16``). ``fp16`` therefore means
+an fp16 ONNX graph, made by NVIDIA ModelOpt's AutoCast from the fp32 export with
+real example feeds as calibration data (:func:`convert_to_fp16`); ``fp32``
+parses the export as it is.
 
-- TensorRT 10: a weakly typed network with ``BuilderFlag.FP16``.
-- TensorRT 11 (weak typing removed): the ONNX graph is converted to fp16
-  (inputs and outputs keep their types) and built as a strongly typed network.
-
-Everything here but :func:`build_engine` runs without TensorRT or a GPU.
+GPU queries and memory go through NVIDIA's ``cuda-python`` (CUDA runtime API),
+never torch, so a machine with TensorRT and no torch builds and runs engines.
+Everything here but :func:`build_engine`, :func:`gpu_info` and
+:func:`convert_to_fp16` runs without TensorRT, CUDA or ModelOpt.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from .base import BackendError, TensorSpec
 
 __all__ = [
+    'FP32_NODES',
     'PRECISIONS',
     'EngineError',
     'EngineKey',
+    'GpuInfo',
     'ShapeRange',
     'build_engine',
     'convert_to_fp16',
+    'cuda_check',
+    'fp16_onnx_path',
+    'gpu_info',
+    'import_cudart',
     'import_tensorrt',
     'onnx_digest',
     'onnx_io_specs',
     'shape_ranges',
+    'sidecar_path',
+    'strongly_typed_flags',
     'trt_major',
 ]
 
@@ -46,7 +62,7 @@ PRECISIONS = ('fp32', 'fp16')
 
 
 class EngineError(BackendError):
-    """An engine cannot be built: TensorRT or a GPU is missing, the parser or builder failed."""
+    """An engine cannot be built: TensorRT, CUDA or a GPU is missing, the converter, parser or builder failed."""
 
 
 def import_tensorrt() -> Any:
@@ -63,6 +79,86 @@ def import_tensorrt() -> Any:
             "or use backend 'onnxruntime' or 'torch'"
         ) from err
     return tensorrt
+
+
+def import_cudart() -> Any:
+    """Import the CUDA runtime bindings of NVIDIA's ``cuda-python``.
+
+    ``cuda.bindings.runtime`` (cuda-python 12.6+ and 13), falling back to the
+    older ``cuda.cudart`` (still what some JetPack installs carry).
+
+    Raises:
+        EngineError: cuda-python is not installed (with how to get it).
+    """
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # type: ignore[no-redef]
+        except ImportError as err:
+            raise EngineError(
+                "the TensorRT path needs NVIDIA's cuda-python: pip install cuda-python (matching your CUDA major)"
+            ) from err
+    return cudart
+
+
+def cuda_check(cudart: Any, result: Any, call: str) -> Any:
+    """Unpack a cuda-python call's result, raising on an error code.
+
+    cuda-python returns ``(err,)`` or ``(err, value)`` or ``(err, v1, v2, ...)``.
+
+    Returns:
+        None, the single value, or a tuple of the values.
+
+    Raises:
+        EngineError: the error code is not ``cudaSuccess``; the message names ``call`` and the CUDA error.
+    """
+    err, values = result[0], tuple(result[1:])
+    if err != cudart.cudaError_t.cudaSuccess:
+        name = getattr(err, 'name', str(err))
+        raise EngineError(f'CUDA {call} failed: {name} ({int(err)})')
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """The CUDA device an engine is built for.
+
+    Attributes:
+        index: CUDA device ordinal.
+        name: device name, e.g. 'NVIDIA GeForce RTX 3090'.
+        compute_capability: 'major.minor', e.g. '8.6'.
+    """
+
+    index: int
+    name: str
+    compute_capability: str
+
+
+def gpu_info(device: int | None = None) -> GpuInfo:
+    """Name and compute capability of a CUDA device via the CUDA runtime API (no torch).
+
+    Args:
+        device: device ordinal; None for the current device (``cudaGetDevice``).
+
+    Raises:
+        EngineError: cuda-python is missing, there is no CUDA device, or a CUDA call failed.
+    """
+    cudart = import_cudart()
+    count = cuda_check(cudart, cudart.cudaGetDeviceCount(), 'cudaGetDeviceCount (is there a GPU and a driver?)')
+    if not count:
+        raise EngineError('building or running a TensorRT engine needs a CUDA device; the CUDA runtime sees none')
+    if device is None:
+        device = int(cuda_check(cudart, cudart.cudaGetDevice(), 'cudaGetDevice'))
+    if not 0 <= device < int(count):
+        raise EngineError(f'CUDA device {device}: expected an index below the device count {int(count)}')
+    props = cuda_check(cudart, cudart.cudaGetDeviceProperties(device), f'cudaGetDeviceProperties({device})')
+    name = props.name
+    if isinstance(name, (bytes, bytearray)):
+        name = bytes(name).split(b'\0', 1)[0].decode('utf-8', 'replace')
+    return GpuInfo(int(device), str(name), f'{int(props.major)}.{int(props.minor)}')
 
 
 def trt_major(version: str) -> int:
@@ -86,41 +182,88 @@ def onnx_digest(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _slug(text: str) -> str:
-    return re.sub(r'[^a-z0-9]+', '-', text.lower()).strip('-') or 'unknown'
+@dataclass(frozen=True)
+class ShapeRange:
+    """An optimisation profile entry: smallest, typical and largest shape of one input."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def admits(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.opt) and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
 
 
 @dataclass(frozen=True)
 class EngineKey:
-    """What a cached engine depends on.
+    """Everything a cached engine depends on; any change means another engine file.
 
     Attributes:
-        onnx_sha256: hex digest of the ONNX file.
+        onnx_sha256: hex digest of the fp32 ONNX file (the fp16 graph is derived from it).
         trt_version: TensorRT version string.
         gpu_name: CUDA device name, e.g. 'NVIDIA GeForce RTX 3090'.
+        compute_capability: 'major.minor' of that device.
         precision: 'fp32' or 'fp16'.
+        profile: one ``(input name, min, opt, max)`` per network input, sorted by name.
+        workspace_bytes: builder workspace memory pool limit [bytes].
     """
 
     onnx_sha256: str
     trt_version: str
     gpu_name: str
+    compute_capability: str
     precision: str
+    profile: tuple[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...]
+    workspace_bytes: int
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise EngineError(f'precision: expected one of {PRECISIONS}, got {self.precision!r}')
         if not re.fullmatch(r'[0-9a-f]{64}', self.onnx_sha256):
             raise EngineError(f'onnx_sha256: expected 64 hex digits, got {self.onnx_sha256!r}')
+        if not re.fullmatch(r'\d+\.\d+', self.compute_capability):
+            raise EngineError(f'compute_capability: expected major.minor like 8.6, got {self.compute_capability!r}')
+        if int(self.workspace_bytes) <= 0:
+            raise EngineError(f'workspace_bytes: expected a positive size, got {self.workspace_bytes}')
 
     @classmethod
-    def for_file(cls, onnx_path: str | os.PathLike[str], trt_version: str, gpu_name: str, precision: str) -> 'EngineKey':
-        return cls(onnx_digest(onnx_path), str(trt_version), str(gpu_name), precision)
+    def create(
+        cls,
+        onnx_path: str | os.PathLike[str],
+        trt_version: str,
+        gpu: GpuInfo,
+        precision: str,
+        ranges: Mapping[str, ShapeRange],
+        workspace_bytes: int,
+    ) -> EngineKey:
+        """The key of building ``onnx_path`` with these settings on ``gpu`` (hashes the file)."""
+        profile = tuple(
+            (name, tuple(int(d) for d in r.min), tuple(int(d) for d in r.opt), tuple(int(d) for d in r.max))
+            for name, r in sorted(ranges.items())
+        )
+        return cls(onnx_digest(onnx_path), str(trt_version), gpu.name, gpu.compute_capability, precision, profile,
+                   int(workspace_bytes))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The key as plain JSON-able data (the sidecar's content)."""
+        data = asdict(self)
+        data['profile'] = {name: {'min': list(lo), 'opt': list(opt), 'max': list(hi)} for name, lo, opt, hi in self.profile}
+        return data
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the key's canonical JSON: equal keys, equal digests; any field changed, another one."""
+        text = json.dumps(self.as_dict(), sort_keys=True, separators=(',', ':'))
+        return hashlib.sha256(text.encode('utf-8')).hexdigest()
 
     def engine_path(self, onnx_path: str | os.PathLike[str]) -> Path:
-        """Where the engine for this key lives: beside the ONNX file."""
+        """Where the engine for this key lives: beside the ONNX file, ``<stem>.<precision>.<digest[:16]>.engine``."""
         onnx_path = Path(onnx_path)
-        name = f'{onnx_path.stem}.{self.onnx_sha256[:16]}.trt{self.trt_version}.{_slug(self.gpu_name)}.{self.precision}.engine'
-        return onnx_path.with_name(name)
+        return onnx_path.with_name(f'{onnx_path.stem}.{self.precision}.{self.digest()[:16]}.engine')
+
+
+def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
+    """The JSON file beside an engine that holds its full :class:`EngineKey`."""
+    return Path(os.fspath(engine_path) + '.json')
 
 
 def onnx_io_specs(path: str | os.PathLike[str]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -146,18 +289,6 @@ def onnx_io_specs(path: str | os.PathLike[str]) -> tuple[tuple[TensorSpec, ...],
     inputs = tuple(spec(v) for v in model.graph.input if v.name not in initializers)
     outputs = tuple(spec(v) for v in model.graph.output)
     return inputs, outputs
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """An optimisation profile entry: smallest, typical and largest shape of one input."""
-
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def admits(self, shape: Sequence[int]) -> bool:
-        return len(shape) == len(self.opt) and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
 
 
 def shape_ranges(
@@ -189,33 +320,86 @@ def shape_ranges(
     return ranges
 
 
-def convert_to_fp16(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> Path:
-    """Write an fp16 copy of an fp32 ONNX graph (inputs and outputs keep their types), for strongly typed builds.
+MODELOPT_INSTALL = (
+    'pip install --no-deps nvidia-modelopt==0.47.0 onnx-graphsurgeon onnxslim polygraphy nvidia-ml-py lief '
+    '(see test/requirements-modelopt.txt; ModelOpt AutoCast also imports torch)'
+)
+
+
+FP32_NODES: tuple[str, ...] = (r'.*occ_head[/._]',)
+"""Node-name patterns (``re.match``) that the fp16 conversion keeps in fp32: the semantic head, whose 18
+logits per voxel decide the label. On the random-weight M0 export (history 1) labels agree with fp32 on
+99.9 % of voxels with the head in fp32 and on 99.0 % without; the head is a small part of M0's compute."""
+
+
+def fp16_onnx_path(onnx_path: str | os.PathLike[str]) -> Path:
+    """Where :func:`build_engine` keeps the fp16 graph of an fp32 ONNX file: beside it, named by its digest.
+
+    A graph converted once (for example on a machine with ModelOpt and torch) and
+    copied next to the fp32 file is reused by later builds on machines without them.
+    """
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(f'{onnx_path.stem}.{onnx_digest(onnx_path)[:16]}.fp16.onnx')
+
+
+def convert_to_fp16(
+    onnx_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    calibration_feeds: Mapping[str, np.ndarray],
+    keep_fp32: Sequence[str] = FP32_NODES,
+) -> Path:
+    """Write a mixed fp16/fp32 copy of an fp32 ONNX graph for a strongly typed TensorRT build.
+
+    Uses ModelOpt AutoCast (``modelopt.onnx.autocast.convert_to_mixed_precision``):
+    it runs the fp32 graph once under onnxruntime CPU on ``calibration_feeds`` and
+    keeps in fp32 the nodes whose values would overflow fp16 (the splat-table index
+    arithmetic, large reductions); the rest becomes fp16. Graph inputs and outputs
+    keep their types (uint8 images, int64 tables, uint8 labels, float32 history).
+
+    Args:
+        onnx_path: the fp32 graph (``occ-perception export``).
+        out_path: where to write the converted graph.
+        calibration_feeds: one real example of every graph input (input name -> numpy array,
+            e.g. :func:`occ_perception.runtime.export.sample_inputs`); random feeds do not work
+            here: they are not valid uint8 images and index outside the splat tables.
+        keep_fp32: node-name patterns kept in fp32 in any case (default :data:`FP32_NODES`).
+
+    Returns:
+        ``out_path``.
 
     Raises:
-        EngineError: onnxconverter-common is not installed.
+        EngineError: ModelOpt is not installed, the conversion failed, or the result changed
+            an input's or output's type.
     """
     import onnx
 
     try:
-        from onnxconverter_common import float16
+        from modelopt.onnx.autocast import convert_to_mixed_precision
     except ImportError as err:
-        raise EngineError('fp16 conversion needs onnxconverter-common: pip install onnxconverter-common') from err
-    model = onnx.load(os.fspath(onnx_path))
-    # Cast nodes stay as they are (the converter would retype their outputs but not their 'to'
-    # attribute); it wraps them in casts to and from fp16 instead.
-    block = list(float16.DEFAULT_OP_BLOCK_LIST) + ['Cast']
-    converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
-    onnx.save(converted, os.fspath(out_path))
-    return Path(out_path)
+        raise EngineError(f'fp16 conversion needs NVIDIA ModelOpt AutoCast: {MODELOPT_INSTALL}; ({err})') from err
+    src = os.fspath(onnx_path)
+    feeds = {name: np.ascontiguousarray(value) for name, value in calibration_feeds.items()}
+    try:
+        model = convert_to_mixed_precision(
+            onnx_path=src, low_precision_type='fp16', keep_io_types=True, calibration_data=feeds,
+            nodes_to_exclude=list(keep_fp32),
+        )
+    except Exception as err:  # AutoCast raises ValueError, AssertionError, onnxruntime errors
+        raise EngineError(f'ModelOpt AutoCast could not convert {src!r} to fp16: {err}') from err
+    out_path = Path(out_path)
+    partial = out_path.with_name(out_path.name + '.partial')
+    onnx.save(model, os.fspath(partial))
+    before, after = onnx_io_specs(src), onnx_io_specs(partial)
+    if before != after:
+        partial.unlink()
+        raise EngineError(f'fp16 conversion of {src!r} changed the graph inputs or outputs: {before} -> {after}')
+    os.replace(partial, out_path)
+    return out_path
 
 
-def _gpu_name() -> str:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise EngineError('building a TensorRT engine needs a CUDA device; torch sees none')
-    return torch.cuda.get_device_name(torch.cuda.current_device())
+def strongly_typed_flags(trt: Any) -> int:
+    """``create_network`` flags: strongly typed (TensorRT 10; accepted and always on in 11)."""
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
 def build_engine(
@@ -224,62 +408,81 @@ def build_engine(
     precision: str = 'fp16',
     workspace_bytes: int = 4 << 30,
     rebuild: bool = False,
+    calibration_feeds: Mapping[str, np.ndarray] | None = None,
+    device: int | None = None,
 ) -> Path:
-    """Build (or find in the cache) the TensorRT engine of an ONNX file.
+    """Build (or find in the cache) the TensorRT engine of an ONNX file, TensorRT 10 or 11.
+
+    The network is always strongly typed. ``fp16`` parses the fp16 graph of the
+    ONNX file (:func:`fp16_onnx_path`; made with :func:`convert_to_fp16` when it is
+    not there yet, or on ``rebuild``); ``fp32`` parses the file as it is.
 
     Args:
         onnx_path: the fp32 ONNX graph from ``occ-perception export``.
         ranges: optimisation profile per input (see :func:`shape_ranges`).
         precision: 'fp32' or 'fp16'.
-        workspace_bytes: builder workspace memory pool limit.
-        rebuild: build even when the cache has the engine.
+        workspace_bytes: builder workspace memory pool limit [bytes].
+        rebuild: build (and convert) even when the cache has the engine.
+        calibration_feeds: one real example of the inputs; needed to convert to fp16.
+        device: CUDA device ordinal; None for the current device.
 
     Returns:
-        The engine file's path (see :meth:`EngineKey.engine_path`).
+        The engine file's path (see :meth:`EngineKey.engine_path`); its full key is
+        in the JSON sidecar (:func:`sidecar_path`).
 
     Raises:
-        EngineError: TensorRT or a GPU is missing, the ONNX parser reports
-            errors (each is listed), or the builder fails.
+        EngineError: the ONNX file, TensorRT, cuda-python or a GPU is missing, the fp16
+            conversion needs feeds or fails, the ONNX parser reports errors (each is
+            listed), an input has no shape range, or the builder fails.
     """
+    if precision not in PRECISIONS:
+        raise EngineError(f'precision: expected one of {PRECISIONS}, got {precision!r}')
+    if not os.path.isfile(onnx_path):
+        raise EngineError(f'no ONNX file at {os.fspath(onnx_path)!r}')
     trt = import_tensorrt()
-    key = EngineKey.for_file(onnx_path, trt.__version__, _gpu_name(), precision)
+    gpu = gpu_info(device)
+    cudart = import_cudart()
+    cuda_check(cudart, cudart.cudaSetDevice(gpu.index), f'cudaSetDevice({gpu.index})')
+    key = EngineKey.create(onnx_path, trt.__version__, gpu, precision, ranges, workspace_bytes)
     target = key.engine_path(onnx_path)
     if target.is_file() and not rebuild:
         return target
 
-    major = trt_major(trt.__version__)
     source = Path(onnx_path)
-    flags = 0
-    if precision == 'fp16' and major >= 11:
-        source = convert_to_fp16(onnx_path, target.with_suffix('.fp16.onnx'))
-    if major >= 11 or source != Path(onnx_path):
-        # accepted and ignored by 11 (always strongly typed); explicit for clarity
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if precision == 'fp16':
+        half = fp16_onnx_path(onnx_path)
+        if rebuild or not half.is_file():
+            if calibration_feeds is None:
+                raise EngineError(f'fp16 build of {os.fspath(onnx_path)!r}: no fp16 graph at {os.fspath(half)!r} '
+                                  'and no calibration feeds to make one')
+            convert_to_fp16(onnx_path, half, calibration_feeds)
+        source = half
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(flags)
+    network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(os.fspath(source)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EngineError(f'TensorRT cannot parse {os.fspath(source)!r}: ' + ' | '.join(errors))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if precision == 'fp16' and major < 11:
-        config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
-    for index in range(network.num_inputs):
-        name = network.get_input(index).name
-        if name not in ranges:
-            raise EngineError(f'build_engine: no shape range for network input {name!r}')
+    names = [network.get_input(index).name for index in range(network.num_inputs)]
+    missing = [n for n in names if n not in ranges]
+    if missing:
+        raise EngineError(f'build_engine: no shape range for network inputs {missing}')
+    for name in names:
         r = ranges[name]
         profile.set_shape(name, r.min, r.opt, r.max)
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(f'TensorRT failed to build an engine from {os.fspath(source)!r} (see its log above)')
-    partial = target.with_suffix('.partial')
+    partial = target.with_name(target.name + '.partial')
     with open(partial, 'wb') as stream:
         stream.write(memoryview(serialized))
     os.replace(partial, target)
+    sidecar = {'key': key.as_dict(), 'digest': key.digest(), 'parsed_onnx': source.name}
+    sidecar_path(target).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + '\n')
     return target

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from .base import Backend, BackendError, TensorSpec
 
-__all__ = ['OnnxRuntimeBackend', 'ORT_TYPES']
+__all__ = ['ORT_TYPES', 'OnnxRuntimeBackend']
 
 # onnxruntime's type strings -> numpy dtype names
 ORT_TYPES = {
@@ -73,6 +74,7 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session: Any = None
         try:
             self.session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=list(providers))
         except Exception as err:  # onnxruntime raises its own exception types
@@ -82,9 +84,15 @@ class OnnxRuntimeBackend(Backend):
         self.outputs = tuple(_spec(n) for n in self.session.get_outputs())
 
     def _run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if self.session is None:
+            raise BackendError('onnxruntime backend: run after close()')
         arrays = {k: np.ascontiguousarray(_to_numpy(v)) for k, v in feeds.items()}
         values = self.session.run(list(self.output_names), arrays)
         return dict(zip(self.output_names, values))
+
+    def close(self) -> None:
+        """Drop the inference session (onnxruntime frees its memory with it)."""
+        self.session = None
 
 
 def _to_numpy(value: Any) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ class TorchBackend(Backend):
         output_names: names of the returned tuple's elements, in order.
         device: ``'cpu'`` or ``'cuda'``.
 
-    Feeds may be numpy arrays or torch tensors; outputs are torch tensors on ``device``.
+    Feeds may be numpy arrays or torch tensors; outputs are numpy arrays on the host
+    (``.cpu().numpy()``), as from every backend.
 
     Raises:
         BackendError: CUDA requested where torch has none.
@@ -39,7 +41,7 @@ class TorchBackend(Backend):
         self.inputs = tuple(inputs)
         self.outputs = tuple(TensorSpec(n, 'unknown', ()) for n in output_names)
 
-    def _run(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def _run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         args = []
         for spec in self.inputs:
             value = feeds[spec.name]
@@ -50,4 +52,4 @@ class TorchBackend(Backend):
             result = self.module(*args)
         if not isinstance(result, (tuple, list)) or len(result) != len(self.outputs):
             raise BackendError(f'torch backend: the module returned {type(result).__name__}, expected {len(self.outputs)} outputs')
-        return dict(zip(self.output_names, result))
+        return {name: value.detach().cpu().numpy() for name, value in zip(self.output_names, result)}

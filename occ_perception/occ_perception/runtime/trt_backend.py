@@ -1,25 +1,29 @@
-"""TensorRT backend (TensorRT 10 and 11 Python API, GPU only).
+"""TensorRT backend (TensorRT 10 and 11 Python API, GPU only, no torch).
 
 Runs a serialized engine with the name-based tensor API: input shapes via
-``set_input_shape``, every tensor bound by device address with
-``set_tensor_address``, and ``execute_async_v3`` on a CUDA stream. Memory is
-torch's: torch CUDA tensors passed in are bound as they are (no copy when
-contiguous and on the engine's device), numpy inputs are copied to the device
-once, and outputs are torch CUDA tensors allocated per run.
+``context.set_input_shape``, every tensor bound by device address with
+``set_tensor_address``, and ``execute_async_v3`` on a CUDA stream. Device memory,
+copies and the stream come from the CUDA runtime API of NVIDIA's ``cuda-python``
+(``cudaMalloc``/``cudaFree``, ``cudaMemcpyAsync``, ``cudaStreamCreate``/``Synchronize``),
+so a Jetson or ROS machine runs engines with TensorRT and cuda-python only.
+Inputs are numpy arrays (copied host to device), outputs are numpy arrays
+(copied device to host), like every other backend.
 
-``tensorrt`` is imported when a backend is created, never at module import,
-so this module loads (and its host-side helpers are tested) without a GPU.
+``tensorrt`` and ``cuda-python`` are imported when a backend is created, never at
+module import, so this module loads (and its host-side logic is tested with fakes)
+without a GPU.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .base import Backend, BackendError, TensorSpec
-from .engine import ShapeRange, import_tensorrt
+from .base import Backend, BackendError, TensorSpec, match_specs
+from .engine import ShapeRange, cuda_check, import_cudart, import_tensorrt
 
 __all__ = ['TRT_DTYPES', 'TensorRTBackend', 'engine_io_specs', 'engine_profile']
 
@@ -41,7 +45,8 @@ def engine_io_specs(engine: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSp
     Raises:
         BackendError: a tensor has a type numpy cannot hold (bf16, fp8, int4).
     """
-    inputs, outputs = [], []
+    inputs: list[TensorSpec] = []
+    outputs: list[TensorSpec] = []
     for index in range(engine.num_io_tensors):
         name = engine.get_tensor_name(index)
         dtype_name = engine.get_tensor_dtype(name).name
@@ -60,33 +65,45 @@ def engine_profile(engine: Any, name: str, profile: int = 0) -> ShapeRange:
 
 
 class TensorRTBackend(Backend):
-    """Runs a serialized TensorRT engine.
+    """Runs a serialized TensorRT engine on one CUDA device.
 
     Args:
         engine_path: the ``.engine`` file (see :func:`~occ_perception.runtime.engine.build_engine`).
-        device: CUDA device index.
+        device: CUDA device ordinal.
+        expected_inputs: the model configuration's inputs (``OccNet.input_specs()``); when
+            given, an engine whose inputs differ (names, dtypes, fixed sizes) is refused.
+        expected_outputs: the same for the outputs.
 
-    Outputs are torch CUDA tensors on ``device``; the call returns after the
-    engine has finished (the stream is synchronised).
+    ``run`` takes numpy arrays (anything ``numpy.asarray`` accepts) and returns
+    numpy arrays on the host, after the engine has finished. Device buffers are
+    kept between runs and grown when a larger shape arrives; :meth:`close` frees them.
 
     Raises:
-        BackendError: TensorRT, torch CUDA or the engine file is missing, or the
-            engine cannot be deserialised (built by another TensorRT version or for another GPU).
+        BackendError: TensorRT, cuda-python, a GPU or the engine file is missing, the
+            engine cannot be deserialised (built by another TensorRT version or for
+            another GPU), it does not match the expected specs, or a CUDA call fails.
     """
 
     name = 'tensorrt'
 
-    def __init__(self, engine_path: str | os.PathLike[str], device: int = 0) -> None:
-        import torch
-
-        trt = import_tensorrt()
-        if not torch.cuda.is_available():
-            raise BackendError('tensorrt backend: needs a CUDA device; torch sees none')
+    def __init__(
+        self,
+        engine_path: str | os.PathLike[str],
+        device: int = 0,
+        expected_inputs: Sequence[TensorSpec] | None = None,
+        expected_outputs: Sequence[TensorSpec] | None = None,
+    ) -> None:
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
+        self._stream: Any = None
+        self.context: Any = None
+        self.engine: Any = None
+        self.runtime: Any = None
         if not os.path.isfile(engine_path):
             raise BackendError(f'tensorrt backend: no engine file at {os.fspath(engine_path)!r}')
-        self.torch = torch
-        self.device = torch.device('cuda', device)
-        torch.cuda.set_device(self.device)
+        trt = import_tensorrt()
+        self.cudart = cudart = import_cudart()
+        self.device = int(device)
+        cuda_check(cudart, cudart.cudaSetDevice(self.device), f'cudaSetDevice({self.device})')
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         with open(engine_path, 'rb') as stream:
@@ -97,41 +114,100 @@ class TensorRTBackend(Backend):
                 f'(built with another TensorRT version or for another GPU?); rebuild it'
             )
         self.inputs, self.outputs = engine_io_specs(self.engine)
+        where = f'engine {os.fspath(engine_path)!r}'
+        if expected_inputs is not None:
+            match_specs(expected_inputs, self.inputs, f'{where} (inputs)')
+        if expected_outputs is not None:
+            match_specs(expected_outputs, self.outputs, f'{where} (outputs)')
         self.profiles = {s.name: engine_profile(self.engine, s.name) for s in self.inputs}
         self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream(self.device)
+        if self.context is None:
+            raise BackendError(f'tensorrt backend: cannot create an execution context for {where}')
+        self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), 'cudaStreamCreate')
 
-    def _to_device(self, value: Any) -> Any:
-        torch = self.torch
-        if isinstance(value, np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(value)).to(self.device, non_blocking=True)
-        return value.to(self.device, non_blocking=True).contiguous()
+    def _buffer(self, name: str, nbytes: int) -> int:
+        """Device pointer of at least ``nbytes`` for tensor ``name`` (reused, grown when too small)."""
+        pointer, capacity = self._buffers.get(name, (0, 0))
+        if nbytes <= capacity and pointer:
+            return pointer
+        cudart = self.cudart
+        if pointer:
+            del self._buffers[name]
+            cuda_check(cudart, cudart.cudaFree(pointer), f'cudaFree({name})')
+        size = max(int(nbytes), 1)
+        pointer = int(cuda_check(cudart, cudart.cudaMalloc(size), f'cudaMalloc({size} bytes for {name})'))
+        self._buffers[name] = (pointer, size)
+        return pointer
 
-    def _run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        torch = self.torch
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            bound = {}
-            for spec in self.inputs:
-                tensor = self._to_device(feeds[spec.name])
-                shape = tuple(tensor.shape)
-                if not self.profiles[spec.name].admits(shape):
-                    r = self.profiles[spec.name]
-                    raise BackendError(
-                        f'tensorrt: input {spec.name} of shape {list(shape)} is outside the engine profile '
-                        f'min {list(r.min)} max {list(r.max)}; rebuild the engine for this rig'
-                    )
-                if not self.context.set_input_shape(spec.name, shape):
-                    raise BackendError(f'tensorrt: set_input_shape refused {spec.name} {list(shape)}')
-                self.context.set_tensor_address(spec.name, tensor.data_ptr())
-                bound[spec.name] = tensor  # keep alive until the stream is done
-            results = {}
-            for spec in self.outputs:
-                shape = tuple(int(d) for d in self.context.get_tensor_shape(spec.name))
-                out = torch.empty(shape, dtype=getattr(torch, spec.dtype), device=self.device)
-                self.context.set_tensor_address(spec.name, out.data_ptr())
-                results[spec.name] = out
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise BackendError('tensorrt: execute_async_v3 failed (see the TensorRT log)')
-        self.stream.synchronize()
+    def _run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if self.context is None:
+            raise BackendError('tensorrt backend: run after close()')
+        cudart = self.cudart
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        host = {}  # keep the host arrays alive until the stream is synchronised
+        for spec in self.inputs:
+            array = np.ascontiguousarray(np.asarray(feeds[spec.name]), dtype=spec.dtype)
+            shape = tuple(int(d) for d in array.shape)
+            r = self.profiles[spec.name]
+            if not r.admits(shape):
+                raise BackendError(
+                    f'tensorrt: input {spec.name} of shape {list(shape)} is outside the engine profile '
+                    f'min {list(r.min)} max {list(r.max)}; rebuild the engine for this rig'
+                )
+            if not self.context.set_input_shape(spec.name, shape):
+                raise BackendError(f'tensorrt: set_input_shape refused {spec.name} {list(shape)}')
+            pointer = self._buffer(spec.name, array.nbytes)
+            if array.nbytes:
+                cuda_check(cudart, cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d, self._stream),
+                           f'cudaMemcpyAsync host to device ({spec.name})')
+            if not self.context.set_tensor_address(spec.name, pointer):
+                raise BackendError(f'tensorrt: set_tensor_address refused input {spec.name}')
+            host[spec.name] = array
+        results = {}
+        for spec in self.outputs:
+            shape = tuple(int(d) for d in self.context.get_tensor_shape(spec.name))
+            if any(d < 0 for d in shape):
+                raise BackendError(f'tensorrt: output {spec.name} has unresolved shape {list(shape)}')
+            out = np.empty(shape, dtype=spec.dtype)
+            pointer = self._buffer(spec.name, out.nbytes)
+            if not self.context.set_tensor_address(spec.name, pointer):
+                raise BackendError(f'tensorrt: set_tensor_address refused output {spec.name}')
+            results[spec.name] = out
+        if not self.context.execute_async_v3(int(self._stream)):
+            raise BackendError('tensorrt: execute_async_v3 failed (see the TensorRT log)')
+        for name, out in results.items():
+            if out.nbytes:
+                cuda_check(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name][0], out.nbytes, d2h,
+                                                          self._stream), f'cudaMemcpyAsync device to host ({name})')
+        cuda_check(cudart, cudart.cudaStreamSynchronize(self._stream), 'cudaStreamSynchronize')
+        del host
         return results
+
+    def close(self) -> None:
+        """Free the device buffers, the stream, the execution context and the engine. Safe to call twice."""
+        cudart: Any = getattr(self, 'cudart', None)
+        errors = []
+        if cudart is not None and self._stream is not None:
+            try:
+                cuda_check(cudart, cudart.cudaStreamSynchronize(self._stream), 'cudaStreamSynchronize')
+            except BackendError as err:
+                errors.append(str(err))
+        # the execution context goes before the engine, the engine before the runtime
+        self.context = None
+        self.engine = None
+        self.runtime = None
+        for name, (pointer, _) in list(self._buffers.items()):
+            del self._buffers[name]
+            try:
+                cuda_check(cudart, cudart.cudaFree(pointer), f'cudaFree({name})')
+            except BackendError as err:
+                errors.append(str(err))
+        if cudart is not None and self._stream is not None:
+            stream, self._stream = self._stream, None
+            try:
+                cuda_check(cudart, cudart.cudaStreamDestroy(stream), 'cudaStreamDestroy')
+            except BackendError as err:
+                errors.append(str(err))
+        if errors:
+            raise BackendError('tensorrt backend: close: ' + '; '.join(errors))
