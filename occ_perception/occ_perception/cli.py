@@ -125,40 +125,33 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     """Build the TensorRT engine of an exported ONNX file, or find it in the cache beside the file.
 
     Expected failures (no ONNX file, an ONNX of another configuration, no TensorRT,
-    cuda-python or GPU, a failed conversion or build) print one line on stderr and return 2.
+    cuda-python or GPU, a failed conversion or build) raise; :func:`main` prints them as one line.
     """
     import os
 
     from .model.config import get_config
     from .model.network import OccNet
-    from .rig import Rig, RigError
-    from .runtime.base import BackendError, match_specs
+    from .rig import Rig
+    from .runtime.base import match_specs
     from .runtime.engine import build_engine, onnx_io_specs, shape_ranges
     from .runtime.export import sample_inputs
 
-    def fail(message: str) -> int:
-        print(f'occ-perception build-engine: error: {message}', file=sys.stderr)
-        return 2
-
     if not os.path.isfile(args.onnx):
-        return fail(f'no ONNX file at {args.onnx!r} (make one with `occ-perception export`)')
+        raise CliError(f'no ONNX file at {args.onnx!r} (make one with `occ-perception export`)')
     nuscenes = Rig.nuscenes()
     if not 1 <= args.cameras <= len(nuscenes):
-        return fail(f'--cameras: expected 1 to {len(nuscenes)} (the nuScenes rig\'s cameras), got {args.cameras}')
+        raise CliError(f'--cameras: expected 1 to {len(nuscenes)} (the nuScenes rig\'s cameras), got {args.cameras}')
     config = get_config(args.config, history=args.history)
     net = OccNet(config)
-    try:
-        rig = Rig(nuscenes.cameras[: args.cameras])
-        inputs, _ = onnx_io_specs(args.onnx)
-        match_specs(net.input_specs(), inputs, args.onnx)
-        feeds = sample_inputs(net, rig)
-        # tables get headroom for a recalibrated rig; images (this camera count) and history keep exact shapes
-        exact = ('images', 'history_bev', 'history_theta', 'history_valid')
-        ranges = shape_ranges(inputs, feeds, headroom=args.headroom, exact=exact)
-        path = build_engine(args.onnx, ranges, precision=args.precision, workspace_bytes=int(args.workspace_gb * (1 << 30)),
-                            rebuild=args.rebuild, calibration_feeds=feeds)
-    except (BackendError, RigError) as err:
-        return fail(str(err).replace('\n', ' '))
+    rig = Rig(nuscenes.cameras[: args.cameras])
+    inputs, _ = onnx_io_specs(args.onnx)
+    match_specs(net.input_specs(), inputs, args.onnx)
+    feeds = sample_inputs(net, rig)
+    # tables get headroom for a recalibrated rig; images (this camera count) and history keep exact shapes
+    exact = ('images', 'history_bev', 'history_theta', 'history_valid')
+    ranges = shape_ranges(inputs, feeds, headroom=args.headroom, exact=exact)
+    path = build_engine(args.onnx, ranges, precision=args.precision, workspace_bytes=int(args.workspace_gb * (1 << 30)),
+                        rebuild=args.rebuild, calibration_feeds=feeds)
     print(f'engine: {path}')
     return 0
 
