@@ -1,4 +1,7 @@
-"""The table splat against a direct index_add over all frustum points (needs torch; table-only tests: test_splat_tables)."""
+"""The table splat against a direct index_add over all frustum points.
+
+Needs torch; the table tests that do not are in test_splat_tables.py.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,12 @@ import pytest
 
 torch = pytest.importorskip('torch')  # absent in the Python 3.10 compatibility run
 
-from test_splat_tables import sparse_rigs, wide_config  # noqa: E402
+from test_splat_tables import sparse_rigs, wide_config
 
-from occ_perception.model.config import get_config  # noqa: E402
-from occ_perception.model.splat import Splat  # noqa: E402
-from occ_perception.model.splat_reference import splat_reference  # noqa: E402
-from occ_perception.model.splat_tables import (  # noqa: E402
+from occ_perception.model.config import get_config
+from occ_perception.model.splat import Splat
+from occ_perception.model.splat_reference import splat_reference
+from occ_perception.model.splat_tables import (
     build_splat_tables,
     check_splat_tables,
     frustum_cells,
@@ -20,7 +23,7 @@ from occ_perception.model.splat_tables import (  # noqa: E402
     mask_cameras,
     splat_table_names,
 )
-from occ_perception.rig import Rig  # noqa: E402
+from occ_perception.rig import Rig
 
 
 def random_inputs(cfg, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

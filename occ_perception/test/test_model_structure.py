@@ -165,7 +165,8 @@ def test_forward_rejects_missing_or_unexpected_history() -> None:
     assert names[-3:] == ['history_bev', 'history_theta', 'history_valid']
     assert list(inspect.signature(net.forward).parameters) == names  # forward's parameters are the graph inputs
     cfg = net.config
-    tables = {k: torch.from_numpy(v) for k, v in build_splat_tables(cfg, Rig.nuscenes().matrices(*cfg.image_size)).items()}
+    built = build_splat_tables(cfg, Rig.nuscenes().matrices(*cfg.image_size))
+    tables = {k: torch.from_numpy(v) for k, v in built.items()}
     images = torch.zeros(6, 128, 352, 3, dtype=torch.uint8)
     with pytest.raises(NetworkInputError, match='history_bev'):
         net(images, *net.tables_from(tables))

@@ -12,7 +12,7 @@ import torch
 __all__ = ['splat_index_add', 'splat_ranks', 'splat_reference']
 
 
-def splat_ranks(cells: np.ndarray | torch.Tensor, depth_shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, ...]:
+def splat_ranks(cells: np.ndarray | torch.Tensor, depth_shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
     """BEVPoolv2-style ranks of the frustum points that fall in the grid, sorted by BEV cell.
 
     Args:

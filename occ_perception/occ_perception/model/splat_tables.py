@@ -84,14 +84,16 @@ def _check_matrices(matrices: RigMatrices) -> tuple[np.ndarray, np.ndarray, np.n
     k = np.asarray(matrices.intrinsics, dtype=np.float64)
     t = np.asarray(matrices.image_transform, dtype=np.float64)
     n = c2e.shape[0] if c2e.ndim == 3 else -1
-    for name, arr, shape in (('cam_to_ego', c2e, (n, 4, 4)), ('intrinsics', k, (n, 3, 3)), ('image_transform', t, (n, 3, 3))):
+    expected = (('cam_to_ego', c2e, (n, 4, 4)), ('intrinsics', k, (n, 3, 3)), ('image_transform', t, (n, 3, 3)))
+    for name, arr, shape in expected:
         if n <= 0 or arr.shape != shape:
             raise SplatError(f'rig matrices: {name} must have shape (N, {shape[1]}, {shape[2]}) with the same N >= 1, '
                              f'got {arr.shape}')
         if not np.all(np.isfinite(arr)):
             raise SplatError(f'rig matrices: {name} has non-finite values')
     if np.any(np.abs(np.linalg.det(k)) < 1e-12) or np.any(np.abs(np.linalg.det(t)) < 1e-12):
-        raise SplatError('rig matrices: an intrinsics or image_transform matrix is singular (zero focal length or scale?)')
+        raise SplatError('rig matrices: an intrinsics or image_transform matrix is singular '
+                         '(zero focal length or scale?)')
     return c2e, k, t
 
 
