@@ -29,7 +29,7 @@ EXPECTED_ERRORS: tuple[tuple[str, str], ...] = (
     ('occ_perception.temporal', 'TemporalError'),
     ('occ_perception.messages', 'MessagesError'),
     ('occ_perception.model.config', 'ConfigError'),
-    ('occ_perception.model.splat', 'SplatError'),
+    ('occ_perception.model.splat_tables', 'SplatError'),
     ('occ_perception.model.flashocc', 'CheckpointError'),
     ('occ_perception.model.checkpoint', 'ModelCheckpointError'),
     ('occ_perception.model.network', 'NetworkInputError'),
@@ -40,6 +40,8 @@ EXPECTED_ERRORS: tuple[tuple[str, str], ...] = (
     ('occ_perception.data.synth_world', 'WorldError'),
     ('occ_perception.data.synth_render', 'RenderError'),
     ('occ_perception.data.synth_gt', 'GroundTruthError'),
+    ('occ_perception.metrics', 'MetricsError'),
+    ('occ_perception.raycast', 'RaycastError'),
 )
 
 
