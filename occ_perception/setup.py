@@ -84,7 +84,9 @@ setup(
         'runtime': RUNTIME,
         # engine builds on a GPU machine; onnxconverter-common makes the fp16 graph for TensorRT 11
         'tensorrt': ['tensorrt>=10', 'onnxconverter-common>=1.14'],
-        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5', 'onnxconverter-common>=1.14'] + DEVKIT_IMPORTS,
+        # mcap + mcap-ros2-support: an independent reader that decodes converted bags from their stored definitions
+        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5', 'onnxconverter-common>=1.14', 'mcap>=1.1',
+                           'mcap-ros2-support>=0.5'] + DEVKIT_IMPORTS,
     },
     cmdclass={'build_py': BuildPyWithMessages},
     zip_safe=False,

@@ -38,8 +38,9 @@ it, until it is pushed out (``'queue_overflow'``) or flushed.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 __all__ = [
     'DROP_REASONS',

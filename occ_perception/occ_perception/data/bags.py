@@ -18,12 +18,20 @@ keep last 1) is replayed latched, as ``/tf_static`` must be.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterator, Sequence
+from typing import Any, Literal
 
-from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+from rosbags.interfaces import (
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
 
 from ..messages import DISTROS, MessageTypes, rosbags_typestore
 
@@ -38,7 +46,7 @@ __all__ = [
 ]
 
 # rosbag2 metadata version written for each distro (see the module docstring)
-BAG_VERSIONS: dict[str, int] = {'humble': 8, 'jazzy': 9}
+BAG_VERSIONS: dict[str, Literal[8, 9]] = {'humble': 8, 'jazzy': 9}
 
 _ZERO = QosTime(0, 0)
 # what rclpy offers by default (the 'default' profile: reliable, volatile, keep last 10)
@@ -87,7 +95,7 @@ class BagWriter:
         self._connections: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
 
-    def __enter__(self) -> 'BagWriter':
+    def __enter__(self) -> BagWriter:  # noqa: PYI034 (typing.Self needs Python 3.11)
         self._writer.open()
         return self
 

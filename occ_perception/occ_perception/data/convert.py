@@ -29,16 +29,23 @@ numpy < 2, loads every annotation table and is not installed everywhere.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from pyquaternion import Quaternion
 
 from ..geometry import GeometryError, Transform
 from ..grid import GridSpec
-from ..messages import MessagesError, MessageTypes, flow_from_dense, make_occupancy_flow, make_semantic_occupancy
+from ..messages import (
+    MessagesError,
+    MessageTypes,
+    flow_from_dense,
+    make_occupancy_flow,
+    make_semantic_occupancy,
+)
 from ..rig import NUSCENES_CHANNELS, channel_to_frame
 from .bags import BagError, BagWriter
 
