@@ -161,6 +161,13 @@ class NuScenesTables:
             except json.JSONDecodeError as err:
                 raise ConvertError(f'{path}: not valid JSON ({err})') from None
         self.by_token = {name: {r['token']: r for r in rows} for name, rows in self.tables.items()}
+        # one pass each, so that a scene's records are found without scanning the whole table per scene
+        self._samples_of_scene: dict[str, list[dict[str, Any]]] = {}
+        for s in self.tables['sample']:
+            self._samples_of_scene.setdefault(s['scene_token'], []).append(s)
+        self._data_of_sample: dict[str, list[dict[str, Any]]] = {}
+        for sd in self.tables['sample_data']:
+            self._data_of_sample.setdefault(sd['sample_token'], []).append(sd)
 
     def get(self, table: str, token: str) -> dict[str, Any]:
         """The record of ``table`` with ``token``.
@@ -183,15 +190,13 @@ class NuScenesTables:
 
     def scene_samples(self, scene: dict[str, Any]) -> list[dict[str, Any]]:
         """The scene's keyframes (sample records) in time order."""
-        return sorted((s for s in self.tables['sample'] if s['scene_token'] == scene['token']),
-                      key=lambda s: s['timestamp'])
+        return sorted(self._samples_of_scene.get(scene['token'], []), key=lambda s: s['timestamp'])
 
     def scene_sample_data(self, scene: dict[str, Any], channels: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         """Channel -> the scene's sample_data of that channel (keyframes and sweeps) in time order."""
-        tokens = {s['token'] for s in self.tables['sample'] if s['scene_token'] == scene['token']}
         out: dict[str, list[dict[str, Any]]] = {ch: [] for ch in channels}
-        for sd in self.tables['sample_data']:
-            if sd['sample_token'] in tokens:
+        for sample in self._samples_of_scene.get(scene['token'], []):
+            for sd in self._data_of_sample.get(sample['token'], []):
                 ch = self.channel(sd)
                 if ch in out:
                     out[ch].append(sd)
