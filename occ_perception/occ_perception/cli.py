@@ -208,6 +208,28 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert nuScenes scenes (+ Occ3D ground truth and flow) to rosbag2 MCAP bags, one per scene."""
+    from pathlib import Path
+
+    from .data.convert import ConvertConfig, convert
+
+    config = ConvertConfig(
+        root=Path(args.root),
+        out=Path(args.out),
+        version=args.version_name,
+        gts=Path(args.gts) if args.gts else None,
+        scenes=tuple(args.scenes or ()),
+        distro=args.distro,
+        lidar=args.lidar,
+        compress=not args.no_compress,
+    )
+    for bag in convert(config, progress=not args.quiet):
+        total = sum(bag.counts.values())
+        print(f'wrote {bag.path}: {total} messages on {len(bag.counts)} topics')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog='occ-perception', description=__doc__.splitlines()[0])
     parser.add_argument('--version', action='version', version=f'occ_perception {__version__}')
@@ -232,6 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help='worker processes, one scene each (default 1; 2 halves the time of 2 scenes on 2 cores)')
     synth.add_argument('--quiet', action='store_true', help='no progress bar')
     synth.set_defaults(func=cmd_synth)
+
+    conv = sub.add_parser('convert', help='nuScenes (+ Occ3D ground truth and flow) to rosbag2 MCAP, one bag per scene')
+    conv.add_argument('root', help='nuScenes dataroot (holds VERSION/*.json, samples/, sweeps/)')
+    conv.add_argument('--version', dest='version_name', default='v1.0-mini', help='table folder (default v1.0-mini)')
+    conv.add_argument('--gts', help='Occ3D ground-truth folder (GTS/<scene>/<sample token>/labels.npz); '
+                      'without it no ground-truth topics are written')
+    conv.add_argument('--out', required=True, help='output folder; one bag folder per scene is created in it')
+    conv.add_argument('--scenes', nargs='+', metavar='NAME', help='scene names to convert (default: all)')
+    conv.add_argument('--distro', choices=['jazzy', 'humble'], default='jazzy',
+                      help='ROS 2 distro whose message definitions and bag format are written (default jazzy)')
+    conv.add_argument('--lidar', action='store_true', help='also write LIDAR_TOP as PointCloud2 on /lidar_top/points')
+    conv.add_argument('--no-compress', action='store_true', help='do not zstd-compress the MCAP chunks')
+    conv.add_argument('--quiet', action='store_true', help='no progress bar')
+    conv.set_defaults(func=cmd_convert)
 
     from .model.config import CONFIGS
 
