@@ -14,6 +14,7 @@ in m/s.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     'ROUGH_LABELS',
     'OccFrame',
     'OutputsError',
+    'VoxelPointCache',
     'costmap_msg',
     'costmap_values',
     'marker_array_msg',
@@ -62,6 +64,9 @@ ROUGH_LABELS: tuple[int, ...] = (12, 13, 14)
 """Observed flat ground that is not road (other_flat, sidewalk, terrain)."""
 HEIGHT_BAND: tuple[float, float] = (0.2, 2.0)
 """z range [m] in ``base_link`` (ground at z = 0) that the vehicle's body sweeps."""
+
+# role bits of a voxel in the costmap
+_OBSERVED, _OBSTACLE, _ROUGH, _DRIVABLE = 1, 2, 4, 8
 
 # foxglove_msgs/PackedElementField.type values (NumericType of @foxglove/schemas)
 _FOXGLOVE_UINT8 = 1
@@ -122,6 +127,18 @@ def _occupied(labels: np.ndarray, free_label: int = FREE_LABEL) -> np.ndarray:
     return (labels != free_label) & (labels != UNOBSERVED_LABEL)
 
 
+@functools.lru_cache(maxsize=8)
+def _border(shape: tuple[int, int, int]) -> np.ndarray:
+    """Flat bool mask of the voxels on the grid's six faces (read-only, cached per shape)."""
+    border = np.zeros(shape, dtype=bool)
+    border[[0, -1], :, :] = True
+    border[:, [0, -1], :] = True
+    border[:, :, [0, -1]] = True
+    flat = border.reshape(-1)
+    flat.flags.writeable = False
+    return flat
+
+
 def surface_mask(labels: np.ndarray, free_label: int = FREE_LABEL) -> np.ndarray:
     """Occupied voxels with at least one free or unobserved 6-neighbour; the grid border counts as exposed.
 
@@ -131,17 +148,17 @@ def surface_mask(labels: np.ndarray, free_label: int = FREE_LABEL) -> np.ndarray
     Returns:
         (X, Y, Z) bool: the voxels a viewer can see from outside, not the filled volume.
     """
-    occ = _occupied(labels, free_label)
-    padded = np.zeros(tuple(n + 2 for n in occ.shape), dtype=bool)
-    padded[1:-1, 1:-1, 1:-1] = occ
-    inner = occ.copy()
-    inner &= padded[2:, 1:-1, 1:-1]
-    inner &= padded[:-2, 1:-1, 1:-1]
-    inner &= padded[1:-1, 2:, 1:-1]
-    inner &= padded[1:-1, :-2, 1:-1]
-    inner &= padded[1:-1, 1:-1, 2:]
-    inner &= padded[1:-1, 1:-1, :-2]
-    return occ & ~inner
+    shape = tuple(int(n) for n in labels.shape)
+    if len(shape) != 3:
+        raise OutputsError(f'surface_mask labels: expected (X, Y, Z), got shape {labels.shape}')
+    occ = _occupied(labels, free_label).reshape(-1)
+    # Neighbours along z, y and x are 1, Z and Y * Z apart in the flat C-order array. Shifted slices wrap
+    # across rows at the faces, but face voxels are exposed anyway and are set from the border mask.
+    inner = occ & ~_border(shape)  # type: ignore[arg-type]
+    for step in (1, shape[2], shape[1] * shape[2]):
+        inner[:-step] &= occ[step:]
+        inner[step:] &= occ[:-step]
+    return (occ & ~inner).reshape(shape)
 
 
 # ---------------------------------------------------------------------------
@@ -221,14 +238,45 @@ def _marker(types: MessageTypes, header: Any, ns: str, marker_id: int, kind: int
 
 
 def _moving_columns(frame: OccFrame, min_speed: float) -> tuple[np.ndarray, np.ndarray]:
-    """(ix, iy, iz) of the highest occupied voxel moving faster than ``min_speed`` in each column, and its (vx, vy)."""
+    """(N, 3) (ix, iy, iz) of the highest occupied voxel faster than ``min_speed`` [m/s] in each (x, y) column
+    that has one, and its (N, 2) (vx, vy)."""
     assert frame.flow is not None
-    speed = np.hypot(frame.flow[..., 0], frame.flow[..., 1])
-    moving = _occupied(frame.labels) & (speed > min_speed)
-    columns = moving.any(axis=2)
-    ix, iy = np.nonzero(columns)
-    top = frame.grid.shape[2] - 1 - np.argmax(moving[ix, iy, ::-1], axis=1)
-    return np.stack([ix, iy, top], axis=1), frame.flow[ix, iy, top]
+    flat_labels = frame.labels.reshape(-1)
+    occupied = np.flatnonzero((flat_labels != FREE_LABEL) & (flat_labels != UNOBSERVED_LABEL))
+    vel = frame.flow.reshape(-1, 2)[occupied]
+    fast = occupied[np.hypot(vel[:, 0], vel[:, 1]) > min_speed]  # ascending flat index: z grows within a column
+    column = fast // frame.grid.shape[2]
+    top = fast[np.append(column[1:] != column[:-1], True)] if fast.size else fast
+    ix, iy, iz = frame.grid.unflatten(top)
+    return np.stack([ix, iy, iz], axis=1), frame.flow.reshape(-1, 2)[top]
+
+
+class VoxelPointCache:
+    """geometry_msgs/Point objects of voxel centres, made once per voxel and reused by later marker arrays.
+
+    The grid is fixed in ``base_link``, so a voxel's centre never changes; building Python message objects is
+    the slow part of a MarkerArray, and a cache turns it into an array lookup after the first frames. The
+    cached Points are shared between messages: do not modify the points of a returned message.
+
+    Args:
+        types: the message classes (one cache per MessageTypes). grid: the voxel grid.
+    """
+
+    def __init__(self, types: MessageTypes, grid: GridSpec) -> None:
+        self.types = types
+        self.grid = grid
+        self._points = np.empty(grid.num_voxels, dtype=object)
+        self._filled = np.zeros(grid.num_voxels, dtype=bool)
+
+    def points(self, flat: np.ndarray) -> list:
+        """Points at the centres of the voxels with flat indices ``flat`` (N,), in that order."""
+        missing = flat[~self._filled[flat]]
+        if missing.size:
+            made = np.empty(missing.size, dtype=object)
+            made[:] = _points(self.types, self.grid.flat_centers(missing))
+            self._points[missing] = made
+            self._filled[missing] = True
+        return self._points[flat].tolist()
 
 
 def marker_array_msg(
@@ -238,6 +286,7 @@ def marker_array_msg(
     min_speed: float = 0.5,
     arrow_seconds: float = 1.0,
     alpha: float = 1.0,
+    cache: VoxelPointCache | None = None,
 ) -> Any:
     """visualization_msgs/MarkerArray for RViz.
 
@@ -246,7 +295,15 @@ def marker_array_msg(
     id = label; then, when the frame has flow, one LINE_LIST (namespace ``ns + '/flow'``) with a segment per
     (x, y) column holding an occupied voxel faster than ``min_speed`` [m/s], from the centre of the highest
     such voxel along its velocity for ``arrow_seconds`` [s].
+
+    Args:
+        cache: reuse the Point objects of earlier calls (:class:`VoxelPointCache` of the same types and grid).
+
+    Raises:
+        OutputsError: ``cache`` belongs to other message classes or another grid.
     """
+    if cache is not None and (cache.types is not types or cache.grid != frame.grid):
+        raise OutputsError('marker_array_msg: the VoxelPointCache was made for other message types or another grid')
     header = types.header(frame.stamp_ns, frame.frame_id)
     marker_cls = types.resolve('visualization_msgs/msg/Marker')
     markers = [_marker(types, header, ns, 0, marker_cls.CUBE_LIST, marker_cls.DELETEALL, (1, 1, 1), (0, 0, 0, 0), [])]
@@ -255,7 +312,7 @@ def marker_array_msg(
     labels = frame.labels.reshape(-1)[flat]
     order = np.argsort(labels, kind='stable')
     flat, labels = flat[order], labels[order]
-    centers = frame.grid.flat_centers(flat)
+    points = cache.points(flat) if cache is not None else _points(types, frame.grid.flat_centers(flat))
     present, starts = np.unique(labels, return_index=True)
     ends = np.append(starts[1:], labels.size)
     v = frame.grid.voxel_size
@@ -263,8 +320,7 @@ def marker_array_msg(
     for label, a, b in zip(present.tolist(), starts.tolist(), ends.tolist()):
         rgba = (*colors[label], alpha)
         markers.append(
-            _marker(types, header, ns, label, marker_cls.CUBE_LIST, marker_cls.ADD, (v, v, v), rgba,
-                    _points(types, centers[a:b]))
+            _marker(types, header, ns, label, marker_cls.CUBE_LIST, marker_cls.ADD, (v, v, v), rgba, points[a:b])
         )
     if frame.flow is not None:
         idx, vel = _moving_columns(frame, min_speed)
@@ -312,24 +368,40 @@ def costmap_values(
     z_lo = grid.lower[2] + np.arange(grid.shape[2]) * grid.voxel_size
     eps = 1e-6 * grid.voxel_size  # a voxel that only touches the band's edge is outside it
     band = (z_lo < z_max - eps) & (z_lo + grid.voxel_size > z_min + eps)
-    observed = labels != UNOBSERVED_LABEL
+    # one lookup gives each voxel's role bits; columns are OR-reduced over z
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[:255] = _OBSERVED
+    lut[list(rough_labels)] |= _ROUGH
+    lut[list(DRIVABLE_LABELS)] |= _DRIVABLE
+    lut[list(obstacle_labels)] |= _OBSTACLE
+    lut[UNOBSERVED_LABEL] = 0
+    bits = np.take(lut, labels)
     if confidence is not None:
         grid.check_array(confidence, 'costmap confidence')
-        observed &= confidence > 0
-    table = np.zeros(256, dtype=bool)
-    table[list(obstacle_labels)] = True
-    obstacle = (table[labels[:, :, band]] & observed[:, :, band]).any(axis=2)
-    table[:] = False
-    table[list(rough_labels)] = True
-    rough = (table[labels] & observed).any(axis=2)
-    table[:] = False
-    table[list(DRIVABLE_LABELS)] = True
-    drivable = (table[labels] & observed).any(axis=2)
+        bits *= confidence > 0  # voxels only a failed camera could see count as unobserved
+    layer_mask = np.where(band, 0xFF, 0xFF & ~_OBSTACLE).astype(np.uint8)
+    bits &= layer_mask  # obstacles count only inside the height band
+    column = _or_over_z(bits)
     cost = np.zeros(grid.shape[:2], dtype=np.int8)
-    cost[rough & ~drivable] = rough_cost
-    cost[~observed.any(axis=2)] = -1
-    cost[obstacle] = 100
+    cost[(column & _ROUGH).astype(bool) & ~(column & _DRIVABLE).astype(bool)] = rough_cost
+    cost[(column & _OBSERVED) == 0] = -1
+    cost[(column & _OBSTACLE) != 0] = 100
     return cost
+
+
+def _or_over_z(bits: np.ndarray) -> np.ndarray:
+    """Bitwise OR over the last axis of an (X, Y, Z) uint8 array, (X, Y) uint8."""
+    sz = bits.shape[2]
+    if sz % 8:
+        return np.bitwise_or.reduce(bits, axis=2)
+    words = np.ascontiguousarray(bits).view(np.uint64)  # (X, Y, Z / 8): eight voxels per word
+    acc = words[:, :, 0].copy()
+    for k in range(1, words.shape[2]):
+        acc |= words[:, :, k]
+    acc |= acc >> np.uint64(32)
+    acc |= acc >> np.uint64(16)
+    acc |= acc >> np.uint64(8)
+    return (acc & np.uint64(0xFF)).astype(np.uint8)
 
 
 def costmap_msg(frame: OccFrame, types: MessageTypes, **params: Any) -> Any:

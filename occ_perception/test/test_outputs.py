@@ -25,6 +25,7 @@ from occ_perception.messages import (
 from occ_perception.outputs import (
     OccFrame,
     OutputsError,
+    VoxelPointCache,
     costmap_msg,
     marker_array_msg,
     occupancy_flow_msg,
@@ -192,6 +193,26 @@ def test_markers_one_cube_list_per_class_and_flow_lines(distro):
     # each arrow starts at the top car voxel of its column (z index 6)
     index, _ = grid.point_to_index(seg[:, 0])
     assert np.all(labels[tuple(index.T)] == CAR) and np.all(index[:, 2] == 6)
+
+
+def test_marker_point_cache_gives_the_same_markers():
+    grid = _grid()
+    types = MessageTypes.rosbags('jazzy')
+    cache = VoxelPointCache(types, grid)
+    for seed in (0, 1, 0):  # a second scene adds voxels to the cache; the first comes back from it
+        labels, flow = _scene(grid, seed)
+        frame = OccFrame(stamp_ns=STAMP, grid=grid, labels=labels, flow=flow)
+        plain = marker_array_msg(frame, types)
+        cached = marker_array_msg(frame, types, cache=cache)
+        assert len(plain.markers) == len(cached.markers)
+        for a, b in zip(plain.markers, cached.markers):
+            assert (a.id, a.type, a.ns) == (b.id, b.type, b.ns)
+            assert [(p.x, p.y, p.z) for p in a.points] == [(p.x, p.y, p.z) for p in b.points]
+    again = marker_array_msg(frame, types, cache=cache)
+    assert again.markers[1].points[0] is cached.markers[1].points[0]  # reused, not rebuilt
+    with pytest.raises(OutputsError, match='VoxelPointCache'):
+        marker_array_msg(OccFrame(stamp_ns=STAMP, grid=_grid(31), labels=np.full((31, 20, 16), 17, np.uint8)), types,
+                         cache=cache)
 
 
 @pytest.mark.parametrize('distro', DISTROS)
