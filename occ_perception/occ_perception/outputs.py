@@ -292,9 +292,9 @@ def marker_array_msg(
 
     Markers: a DELETEALL first (stale classes vanish), then one CUBE_LIST per class present among the
     surface voxels (:func:`surface_mask`), in the class colour, cube edge = voxel size, namespace ``ns``,
-    id = label; then, when the frame has flow, one LINE_LIST (namespace ``ns + '/flow'``) with a segment per
-    (x, y) column holding an occupied voxel faster than ``min_speed`` [m/s], from the centre of the highest
-    such voxel along its velocity for ``arrow_seconds`` [s].
+    id = label; then, when the frame has flow, one LINE_LIST (namespace ``ns + '/flow'``) with an arrow (shaft and
+    two head strokes, three segments) per (x, y) column holding an occupied voxel faster than ``min_speed``
+    [m/s], from the centre of the highest such voxel along its velocity for ``arrow_seconds`` [s].
 
     Args:
         cache: reuse the Point objects of earlier calls (:class:`VoxelPointCache` of the same types and grid).
@@ -327,7 +327,16 @@ def marker_array_msg(
         start = np.asarray(frame.grid.lower) + (idx + 0.5) * v
         end = start.copy()
         end[:, :2] += vel * arrow_seconds
-        segments = np.stack([start, end], axis=1).reshape(-1, 3)
+        # arrow heads: two strokes back from the tip, a quarter of the shaft long, 25 degrees off it
+        back = (start - end)[:, :2] * 0.25
+        c, s_ = np.cos(np.radians(25.0)), np.sin(np.radians(25.0))
+        heads = []
+        for sign in (1.0, -1.0):
+            tip = end.copy()
+            tip[:, 0] += c * back[:, 0] - sign * s_ * back[:, 1]
+            tip[:, 1] += sign * s_ * back[:, 0] + c * back[:, 1]
+            heads.append(tip)
+        segments = np.stack([start, end, end, heads[0], end, heads[1]], axis=1).reshape(-1, 3)
         markers.append(
             _marker(types, header, f'{ns}/flow', 0, marker_cls.LINE_LIST, marker_cls.ADD, (0.1 * v, 0, 0),
                     (1.0, 1.0, 1.0, 1.0), _points(types, segments))

@@ -187,8 +187,19 @@ def test_markers_one_cube_list_per_class_and_flow_lines(distro):
         assert inside.all() and len(m.points) == int((surface & (labels == m.id)).sum())
         assert np.all(labels[tuple(index.T)] == m.id) and surface[tuple(index.T)].all()
     assert lines.type == marker_cls.LINE_LIST and lines.ns == 'occupancy/flow'
-    assert len(lines.points) == 2 * 5 * 6  # one arrow per column of the car box
-    seg = np.array([[p.x, p.y, p.z] for p in lines.points]).reshape(-1, 2, 3)
+    assert len(lines.points) == 6 * 5 * 6  # one arrow (shaft + two head strokes) per column of the car box
+    strokes = np.array([[p.x, p.y, p.z] for p in lines.points]).reshape(-1, 3, 2, 3)
+    seg = strokes[:, 0]  # shafts
+    # head strokes start at the tip and point back along the shaft, symmetric about it
+    np.testing.assert_allclose(strokes[:, 1, 0], seg[:, 1])
+    np.testing.assert_allclose(strokes[:, 2, 0], seg[:, 1])
+    shaft = seg[:, 1] - seg[:, 0]
+    for k in (1, 2):
+        head = strokes[:, k, 1] - strokes[:, k, 0]
+        cos = (head * -shaft).sum(axis=1) / np.linalg.norm(head, axis=1) / np.linalg.norm(shaft, axis=1)
+        np.testing.assert_allclose(cos, np.cos(np.radians(25.0)), atol=1e-9)
+    np.testing.assert_allclose(strokes[:, 1, 1] + strokes[:, 2, 1] - 2 * seg[:, 1],
+                               -2 * 0.25 * np.cos(np.radians(25.0)) * shaft, atol=1e-9)
     np.testing.assert_allclose(seg[:, 1, :2] - seg[:, 0, :2], np.tile([3.0, -1.0], (len(seg), 1)), atol=1e-9)
     # each arrow starts at the top car voxel of its column (z index 6)
     index, _ = grid.point_to_index(seg[:, 0])
