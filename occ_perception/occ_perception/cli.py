@@ -1,7 +1,10 @@
 """The ``occ-perception`` command.
 
 Each subcommand is a plain function taking parsed arguments; :func:`build_parser`
-lists them explicitly.
+lists them explicitly. Expected failures (a bad argument, a missing or
+malformed input: :data:`EXPECTED_ERRORS`, :class:`CliError` and ``OSError``)
+are reported by :func:`main` as one line on stderr with exit status 2; any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +14,55 @@ import importlib
 import platform
 import sys
 from importlib import metadata
+from typing import NoReturn
 
 from . import __version__
+
+# The package's error classes, by module, for main(). They are looked up in the
+# modules already imported when an error arrives, so that `info` does not import
+# torch just to know the checkpoint errors (a class whose module is not imported
+# cannot have been raised).
+EXPECTED_ERRORS: tuple[tuple[str, str], ...] = (
+    ('occ_perception.geometry', 'GeometryError'),
+    ('occ_perception.grid', 'GridError'),
+    ('occ_perception.rig', 'RigError'),
+    ('occ_perception.temporal', 'TemporalError'),
+    ('occ_perception.messages', 'MessagesError'),
+    ('occ_perception.model.config', 'ConfigError'),
+    ('occ_perception.model.splat', 'SplatError'),
+    ('occ_perception.model.flashocc', 'CheckpointError'),
+    ('occ_perception.model.checkpoint', 'ModelCheckpointError'),
+    ('occ_perception.model.network', 'NetworkInputError'),
+    ('occ_perception.runtime.base', 'BackendError'),
+    ('occ_perception.runtime.export', 'ExportError'),
+    ('occ_perception.runtime.engine', 'EngineError'),
+    ('occ_perception.data.synth_nuscenes', 'SynthError'),
+    ('occ_perception.data.synth_world', 'WorldError'),
+    ('occ_perception.data.synth_render', 'RenderError'),
+    ('occ_perception.data.synth_gt', 'GroundTruthError'),
+)
+
+
+class CliError(Exception):
+    """A command cannot run with the arguments given (names the argument and what was expected)."""
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes :func:`main` reports as one line: CliError, OSError and the imported package errors."""
+    classes: list[type[BaseException]] = [CliError, OSError]
+    for module_name, class_name in EXPECTED_ERRORS:
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module is not None else None
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            classes.append(cls)
+    return tuple(classes)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (and exit status 2, as argparse)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -100,6 +150,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Splat and end-to-end timings on onnxruntime CPU (medians of repeats in one run)."""
     from .runtime.bench import run_bench
 
+    for name in ('repeats', 'm0_repeats'):
+        if getattr(args, name) < 1:
+            raise CliError(f'--{name.replace("_", "-")}: expected at least 1, got {getattr(args, name)}')
+    if args.threads < 0:
+        raise CliError(f'--threads: expected 0 (default) or more, got {args.threads}')
     run_bench(repeats=args.repeats, m0_repeats=args.m0_repeats, threads=args.threads, skip_m0=args.skip_m0)
     return 0
 
@@ -123,10 +178,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
         jobs=args.jobs,
     )
     try:
-        report = generate_dataset(cfg, progress=not args.quiet)
-    except SynthError as err:
-        print(f'occ-perception synth: --{str(err).replace("_", "-")}', file=sys.stderr)
-        return 2
+        cfg.validate()
+    except SynthError as err:  # its messages start with the field name: name the option instead
+        raise CliError(f'--{str(err).replace("_", "-")}') from err
+    report = generate_dataset(cfg, progress=not args.quiet)
     key = report.keyframe_seconds
     print(f'wrote {len(report.scene_names)} scene(s), {len(key)} keyframes to {report.out} '
           f'in {report.total_seconds:.1f} s')
@@ -190,7 +245,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='occ-perception', description=__doc__.splitlines()[0])
+    parser = _Parser(prog='occ-perception', description=__doc__.splitlines()[0])
     parser.add_argument('--version', action='version', version=f'occ_perception {__version__}')
     sub = parser.add_subparsers(dest='command', required=True)
 
@@ -294,8 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; returns its exit status.
+
+    Expected errors (:func:`expected_errors`) print one line ``occ-perception CMD: error: MESSAGE``
+    on stderr and return 2; argparse mistakes exit with status 2 as well. Other exceptions propagate.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except Exception as err:
+        if not isinstance(err, expected_errors()):
+            raise
+        message = ' '.join(str(err).split()) or type(err).__name__
+        print(f'occ-perception {args.command}: error: {message}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

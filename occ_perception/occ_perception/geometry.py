@@ -49,6 +49,9 @@ def _quaternion(rotation: Quaternion | Sequence[float], name: str) -> Quaternion
 class Transform:
     """A rigid transform ``T_a_b``: ``p_a = rotation.rotate(p_b) + translation``.
 
+    Immutable (the translation array is read-only); ``==`` and ``hash`` use the
+    exact stored numbers, :meth:`almost_equal` compares within a tolerance.
+
     Attributes:
         rotation: unit quaternion (pyquaternion, [w, x, y, z] order).
         translation: (3,) float64 [m].
@@ -59,9 +62,10 @@ class Transform:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'rotation', _quaternion(self.rotation, 'Transform.rotation'))
-        t = np.asarray(self.translation, dtype=np.float64).reshape(-1)
+        t = np.array(self.translation, dtype=np.float64).reshape(-1)  # a copy, made read-only: transforms hash
         if t.shape != (3,) or not np.all(np.isfinite(t)):
             raise GeometryError(f'Transform.translation: expected 3 finite metres, got {t.tolist()}')
+        t.setflags(write=False)
         object.__setattr__(self, 'translation', t)
 
     @classmethod
@@ -134,7 +138,20 @@ class Transform:
         pts = np.asarray(points, dtype=np.float64)
         return pts @ self.rotation_matrix().T + self.translation
 
+    def _key(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.rotation.elements) + tuple(float(v) for v in self.translation)
+
+    def __eq__(self, other: object) -> bool:
+        """Exact equality of the stored numbers (quaternion [w, x, y, z] and translation); see :meth:`almost_equal`."""
+        if not isinstance(other, Transform):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
     def almost_equal(self, other: 'Transform', atol: float = 1e-9) -> bool:
+        """Equal 4x4 matrices within ``atol`` (so ``q`` and ``-q`` compare equal here, not with ``==``)."""
         return bool(np.allclose(self.matrix(), other.matrix(), atol=atol))
 
 

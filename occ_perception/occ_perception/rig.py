@@ -12,6 +12,8 @@ directly from numbers.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -127,6 +129,8 @@ class ImageTransform:
     """Resize by ``scale`` then crop to ``(out_width, out_height)`` starting at ``(crop_x, crop_y)``.
 
     Maps source pixel ``(u, v)`` to ``(scale * u - crop_x, scale * v - crop_y)``.
+    ``src_width`` and ``src_height`` record the source size when known (as
+    :meth:`fit` does); :attr:`resized_size` needs them.
     """
 
     scale: float
@@ -134,6 +138,8 @@ class ImageTransform:
     crop_y: int
     out_width: int
     out_height: int
+    src_width: int | None = None
+    src_height: int | None = None
 
     @classmethod
     def fit(cls, src_width: int, src_height: int, out_width: int = 704, out_height: int = 256) -> 'ImageTransform':
@@ -156,12 +162,20 @@ class ImageTransform:
         new_w, new_h = int(src_width * scale), int(src_height * scale)
         crop_y = max(new_h - out_height, 0)
         crop_x = max((new_w - out_width) // 2, 0)
-        return cls(float(scale), int(crop_x), int(crop_y), int(out_width), int(out_height))
+        return cls(float(scale), int(crop_x), int(crop_y), int(out_width), int(out_height), int(src_width),
+                   int(src_height))
 
     @property
     def resized_size(self) -> tuple[int, int]:
-        """(width, height) after the resize step, before the crop, for a source of the size given to :meth:`fit`."""
-        return (self.crop_x * 2 + self.out_width, self.crop_y + self.out_height)
+        """(width, height) [px] after the resize step, before the crop: ``int(src * scale)`` per axis.
+
+        Raises:
+            RigError: the transform was built without a source size.
+        """
+        if self.src_width is None or self.src_height is None:
+            raise RigError('ImageTransform.resized_size: the source size is unknown (build it with fit() or give '
+                           'src_width and src_height)')
+        return (int(self.src_width * self.scale), int(self.src_height * self.scale))
 
     def matrix(self) -> np.ndarray:
         """3x3 float64 affine from source pixels to network pixels (BEVDet's post_rot/post_tran)."""
@@ -181,7 +195,7 @@ class ImageTransform:
 
 
 def _check_intrinsics(k: np.ndarray, name: str) -> np.ndarray:
-    k = np.asarray(k, dtype=np.float64)
+    k = np.array(k, dtype=np.float64)  # a copy, made read-only below: cameras hash
     if k.size == 9:
         k = k.reshape(3, 3)
     if k.shape != (3, 3) or not np.all(np.isfinite(k)):
@@ -190,6 +204,7 @@ def _check_intrinsics(k: np.ndarray, name: str) -> np.ndarray:
         raise RigError(f'{name}: focal length must be positive, got fx={k[0, 0]}, fy={k[1, 1]}')
     if not np.allclose(k[2], [0.0, 0.0, 1.0]):
         raise RigError(f'{name}: the last row of the intrinsics must be [0, 0, 1], got {k[2].tolist()}')
+    k.setflags(write=False)
     return k
 
 
@@ -212,8 +227,22 @@ class Camera:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'intrinsics', _check_intrinsics(self.intrinsics, f'camera {self.name!r}'))
-        if int(self.width) <= 0 or int(self.height) <= 0:
-            raise RigError(f'camera {self.name!r}: image size must be positive, got {self.width}x{self.height}')
+        if int(self.width) != self.width or int(self.height) != self.height or self.width <= 0 or self.height <= 0:
+            raise RigError(f'camera {self.name!r}: image size must be positive integers, got {self.width}x{self.height}')
+        object.__setattr__(self, 'width', int(self.width))
+        object.__setattr__(self, 'height', int(self.height))
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.name, self.width, self.height, tuple(float(v) for v in self.intrinsics.reshape(-1)), self.cam_to_ego)
+
+    def __eq__(self, other: object) -> bool:
+        """Exact equality of name, image size, intrinsics and extrinsics; :meth:`same_as` is the tolerant one."""
+        if not isinstance(other, Camera):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @classmethod
     def from_camera_info(cls, info: Any, cam_to_ego: Transform, name: str | None = None) -> 'Camera':
@@ -285,11 +314,16 @@ class RigMatrices:
 
 @dataclass(frozen=True)
 class Rig:
-    """An ordered set of cameras (the network's camera order)."""
+    """An ordered set of cameras (the network's camera order).
+
+    ``==`` and ``hash`` compare the exact numbers; :meth:`same_as` is the
+    tolerant comparison and :meth:`digest` a stable identity for caches.
+    """
 
     cameras: tuple[Camera, ...]
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, 'cameras', tuple(self.cameras))
         names = [c.name for c in self.cameras]
         if not names:
             raise RigError('Rig: needs at least one camera')
@@ -375,4 +409,26 @@ class Rig:
         )
 
     def same_as(self, other: 'Rig', atol: float = 1e-9) -> bool:
+        """Same cameras in the same order, numbers equal within ``atol`` (``==`` is exact)."""
         return len(self) == len(other) and all(a.same_as(b, atol) for a, b in zip(self.cameras, other.cameras))
+
+    def digest(self) -> str:
+        """A stable calibration digest: sha256 hex of every camera in rig order.
+
+        Per camera it hashes the name (UTF-8, length-prefixed), the image size
+        (two little-endian int64), the intrinsics (9 little-endian float64,
+        row-major) and the extrinsics ``cam_to_ego`` (quaternion [w, x, y, z]
+        then translation [m], 7 little-endian float64). The result is the same
+        in every process and with any Python or numpy version; rigs that are
+        ``==`` have the same digest.
+        """
+        h = hashlib.sha256()
+        h.update(struct.pack('<q', len(self.cameras)))
+        for cam in self.cameras:
+            name = cam.name.encode('utf-8')
+            h.update(struct.pack('<q', len(name)) + name)
+            h.update(struct.pack('<qq', cam.width, cam.height))
+            h.update(np.ascontiguousarray(cam.intrinsics, dtype='<f8').tobytes())
+            extrinsics = np.concatenate([cam.cam_to_ego.rotation.elements, cam.cam_to_ego.translation])
+            h.update(np.ascontiguousarray(extrinsics, dtype='<f8').tobytes())
+        return h.hexdigest()

@@ -10,8 +10,17 @@ validity flag. Because entries are chosen by time, not by count, running at
 12 Hz or 2 Hz feeds the network the same history.
 
 The cache resets itself, and says why, on: a gap over ``max_gap``, time
-going backwards (a bag loop), an ego jump over ``max_jump``, a change of
-calibration, or an explicit request (the node's ``~/reset`` service).
+going backwards (a bag loop), an ego jump, a pose that is not finite, a change
+of calibration, or an explicit request (the node's ``~/reset`` service). The
+ego jump test is relative to the time since the newest entry: the ego may
+move at most ``max_speed * dt + jump_margin`` metres, so a car at highway
+speed keeps its history at 2 Hz as at 12 Hz while a relocalisation jump
+(a teleport) still resets. Calibration is compared by digest
+(:meth:`rig.Rig.digest`).
+
+:func:`select_slots` is the slot rule on its own (a pure function of stamps),
+shared with the training code so that training and inference pick the same
+history.
 """
 
 from __future__ import annotations
@@ -19,14 +28,24 @@ from __future__ import annotations
 import enum
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Hashable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .geometry import Transform, bev_warp_affine
 from .grid import GridSpec
 
-__all__ = ['BevCache', 'CacheEntry', 'HistoryInputs', 'ResetReason', 'TemporalConfig', 'TemporalError', 'bev_grid_for']
+__all__ = [
+    'BevCache',
+    'CacheEntry',
+    'HistoryInputs',
+    'ResetReason',
+    'TemporalConfig',
+    'TemporalError',
+    'bev_grid_for',
+    'calibration_digest',
+    'select_slots',
+]
 
 NS = 1_000_000_000
 
@@ -40,7 +59,8 @@ class ResetReason(enum.Enum):
 
     GAP = 'gap'  # no frame for longer than max_gap
     TIME_BACKWARDS = 'time_backwards'  # a stamp older than the newest entry (bag loop, clock jump)
-    EGO_JUMP = 'ego_jump'  # the ego moved more than max_jump since the newest entry
+    EGO_JUMP = 'ego_jump'  # the ego moved more than max_speed * dt + jump_margin since the newest entry
+    BAD_POSE = 'bad_pose'  # the pose (or the distance to the newest entry's) is not finite
     CALIBRATION = 'calibration'  # the rig changed
     REQUESTED = 'requested'  # reset() called, e.g. by the ~/reset service
 
@@ -55,14 +75,18 @@ class TemporalConfig:
         tolerance: largest distance [s] between an entry's stamp and a slot's target time
             for the entry to fill the slot; otherwise the slot is empty (valid = 0).
         max_gap: reset when the newest entry is older than this [s].
-        max_jump: reset when the ego moved farther than this [m] since the newest entry.
+        max_speed: fastest plausible ego speed [m/s] (default 60 m/s, about 216 km/h).
+        jump_margin: slack [m] for pose noise. With ``dt`` [s] the time since the newest
+            entry, the cache resets (EGO_JUMP) when the ego moved farther than
+            ``max_speed * dt + jump_margin`` in x, y, z; the same at any frame rate.
     """
 
     offsets: tuple[float, ...] = (0.5, 1.0)
     history_span: float = 1.5
     tolerance: float = 0.25
     max_gap: float = 1.0
-    max_jump: float = 10.0
+    max_speed: float = 60.0
+    jump_margin: float = 2.0
 
     def __post_init__(self) -> None:
         if any(o <= 0 for o in self.offsets):
@@ -72,8 +96,12 @@ class TemporalConfig:
                 f'TemporalConfig.history_span: {self.history_span} s cannot hold the offset {max(self.offsets)} s '
                 f'plus the tolerance {self.tolerance} s'
             )
-        if self.tolerance < 0 or self.max_gap <= 0 or self.max_jump <= 0:
-            raise TemporalError('TemporalConfig: tolerance must be >= 0, max_gap and max_jump > 0')
+        if not (self.tolerance >= 0 and self.max_gap > 0 and self.max_speed > 0 and self.jump_margin >= 0):
+            raise TemporalError(
+                f'TemporalConfig: expected tolerance >= 0, max_gap > 0, max_speed > 0 and jump_margin >= 0, got '
+                f'tolerance={self.tolerance}, max_gap={self.max_gap}, max_speed={self.max_speed}, '
+                f'jump_margin={self.jump_margin}'
+            )
 
 
 @dataclass(frozen=True)
@@ -114,6 +142,52 @@ class HistoryInputs:
         return {'history_bev': self.bev, 'history_theta': self.theta, 'history_valid': self.valid}
 
 
+def select_slots(entry_stamps_ns: np.ndarray, stamp_ns: int, config: TemporalConfig) -> np.ndarray:
+    """For each history slot, the cached entry that fills it.
+
+    Slot ``k`` targets ``stamp_ns - offsets[k]``. It takes the entry nearest to
+    that target (the first such entry on a tie) if it is within ``tolerance``
+    of the target and strictly older than ``stamp_ns``; otherwise it stays empty.
+
+    Args:
+        entry_stamps_ns: (N,) int64 stamps [ns] of the cached entries (oldest first).
+        stamp_ns: the current frame's stamp [ns].
+        config: offsets and tolerance.
+
+    Returns:
+        (K,) int64: per slot, the index into ``entry_stamps_ns`` of the chosen entry, or -1 for an empty slot.
+    """
+    stamps = np.asarray(entry_stamps_ns, dtype=np.int64).reshape(-1)
+    k = len(config.offsets)
+    if stamps.size == 0 or k == 0:
+        return np.full(k, -1, dtype=np.int64)
+    targets = int(stamp_ns) - np.array([int(round(o * NS)) for o in config.offsets], dtype=np.int64)
+    distance = np.abs(stamps[None, :] - targets[:, None])  # (K, N) [ns]
+    best = np.argmin(distance, axis=1)
+    ok = (distance[np.arange(k), best] <= config.tolerance * NS) & (stamps[best] < int(stamp_ns))
+    return np.where(ok, best, -1).astype(np.int64)
+
+
+def calibration_digest(calibration: Any) -> str | None:
+    """The digest a cache compares: ``calibration.digest()`` (a :class:`rig.Rig`), a str as is, or None.
+
+    Raises:
+        TemporalError: anything else.
+    """
+    if calibration is None or isinstance(calibration, str):
+        return calibration
+    digest = getattr(calibration, 'digest', None)
+    if callable(digest):
+        return str(digest())
+    raise TemporalError(
+        f'calibration: expected a Rig (or anything with .digest()), a digest string or None, got {type(calibration).__name__}'
+    )
+
+
+def _finite_pose(pose: Transform) -> bool:
+    return bool(np.all(np.isfinite(pose.translation)) and np.all(np.isfinite(pose.rotation.elements)))
+
+
 def bev_grid_for(grid: GridSpec, feature_shape: Sequence[int]) -> GridSpec:
     """The planar grid of a (C, Y, X) BEV feature covering ``grid``'s x-y extent.
 
@@ -147,7 +221,7 @@ class BevCache:
             raise TemporalError(f'BevCache.feature_shape: expected (C, Y, X), got {feature_shape}')
         self.bev_grid = bev_grid_for(grid, self.feature_shape)
         self.entries: deque[CacheEntry] = deque()
-        self.calibration: Hashable | None = None
+        self.calibration: str | None = None  # digest of the rig of the newest prepare()
         self.resets: Counter[ResetReason] = Counter()
 
     @property
@@ -159,8 +233,10 @@ class BevCache:
         self.entries.clear()
         self.resets[reason] += 1
 
-    def _check_reset(self, stamp_ns: int, pose: Transform, calibration: Hashable) -> ResetReason | None:
-        if self.calibration is not None and calibration != self.calibration:
+    def _check_reset(self, stamp_ns: int, pose: Transform, digest: str | None) -> ResetReason | None:
+        if not _finite_pose(pose):
+            return ResetReason.BAD_POSE
+        if self.calibration is not None and digest != self.calibration:
             return ResetReason.CALIBRATION
         if not self.entries:
             return None
@@ -169,25 +245,35 @@ class BevCache:
             return ResetReason.TIME_BACKWARDS
         if stamp_ns - newest.stamp_ns > self.config.max_gap * NS:
             return ResetReason.GAP
-        if float(np.linalg.norm(pose.translation - newest.pose.translation)) > self.config.max_jump:
+        with np.errstate(over='ignore', invalid='ignore'):
+            moved = float(np.linalg.norm(pose.translation - newest.pose.translation))
+        if not np.isfinite(moved) or not _finite_pose(newest.pose):
+            return ResetReason.BAD_POSE
+        dt = (stamp_ns - newest.stamp_ns) / NS
+        if moved > self.config.max_speed * dt + self.config.jump_margin:
             return ResetReason.EGO_JUMP
         return None
 
-    def prepare(self, stamp_ns: int, pose: Transform, calibration: Hashable = None) -> HistoryInputs:
-        """Apply the reset rules for a new frame and pick its history.
+    def prepare(self, stamp_ns: int, pose: Transform, calibration: Any = None) -> HistoryInputs:
+        """Apply the reset rules for a new frame and pick its history (:func:`select_slots`).
 
         Args:
             stamp_ns: the new frame's stamp [ns].
             pose: ``T_map_ego`` at that stamp.
-            calibration: any hashable identifying the rig (a change resets the cache).
+            calibration: the rig (a :class:`rig.Rig` or anything with ``.digest()``), its digest string,
+                or None; a different digest than the previous frame's resets the cache (CALIBRATION).
 
         Returns:
             The history inputs; empty slots have valid = 0 and zero features.
+
+        Raises:
+            TemporalError: ``calibration`` is of another type.
         """
-        reason = self._check_reset(int(stamp_ns), pose, calibration)
+        digest = calibration_digest(calibration)
+        reason = self._check_reset(int(stamp_ns), pose, digest)
         if reason is not None:
             self.reset(reason)
-        self.calibration = calibration
+        self.calibration = digest
         self._prune(int(stamp_ns))
 
         k = self.size
@@ -195,17 +281,14 @@ class BevCache:
         valid = np.zeros(k, np.float32)
         stamps = np.zeros(k, np.int64)
         chosen: list[CacheEntry | None] = []
-        entry_stamps = np.array([e.stamp_ns for e in self.entries], dtype=np.int64)
-        for slot, offset in enumerate(self.config.offsets):
-            if entry_stamps.size == 0:
+        if reason is ResetReason.BAD_POSE:  # no warp can be computed from this pose
+            return HistoryInputs(self._stack([None] * k), theta, valid, stamps, reason)
+        picks = select_slots(np.array([e.stamp_ns for e in self.entries], dtype=np.int64), int(stamp_ns), self.config)
+        for slot, index in enumerate(picks.tolist()):
+            if index < 0:
                 chosen.append(None)
                 continue
-            target = int(stamp_ns) - int(round(offset * NS))
-            best = int(np.argmin(np.abs(entry_stamps - target)))
-            if abs(int(entry_stamps[best]) - target) > self.config.tolerance * NS or entry_stamps[best] >= stamp_ns:
-                chosen.append(None)
-                continue
-            entry = self.entries[best]
+            entry = self.entries[index]
             chosen.append(entry)
             theta[slot] = bev_warp_affine(entry.pose, pose, self.bev_grid)[:2]
             valid[slot] = 1.0

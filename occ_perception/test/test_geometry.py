@@ -192,3 +192,68 @@ def test_bev_warp_moves_a_static_object() -> None:
     (jx, jy, _), _ = grid.point_to_index(cur_pose.inverse().apply(world))
     peak_y, peak_x = np.unravel_index(np.argmax(warped), warped.shape)
     assert abs(peak_x - jx) <= 1 and abs(peak_y - jy) <= 1
+
+
+def test_transform_value_equality_and_hash() -> None:
+    a = Transform.from_yaw(0.7, [3.0, -2.0, 0.5])
+    b = Transform.from_yaw(0.7, [3.0, -2.0, 0.5])
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != Transform.from_yaw(0.7, [3.0, -2.0, 0.5 + 1e-12])  # exact
+    assert a.almost_equal(Transform.from_yaw(0.7, [3.0, -2.0, 0.5 + 1e-12]))  # tolerant
+    assert a != 'not a transform'
+    with pytest.raises(ValueError):
+        a.translation[0] = 1.0  # immutable: the hash cannot go stale
+
+
+def test_rig_value_equality_hash_and_digest() -> None:
+    a, b = Rig.nuscenes(800, 450), Rig.nuscenes(800, 450)
+    assert a is not b and a == b and hash(a) == hash(b) and a.digest() == b.digest()
+    assert {a: 1}[b] == 1
+    assert a != Rig.nuscenes(1600, 900) and a.digest() != Rig.nuscenes(1600, 900).digest()
+    # one number of one camera changes: != and another digest, while same_as tolerates a tiny change
+    cams = list(a.cameras)
+    k = cams[2].intrinsics.copy()
+    k[0, 2] += 1e-9
+    moved = Rig(tuple(cams[:2] + [Camera(cams[2].name, k, cams[2].width, cams[2].height, cams[2].cam_to_ego)] + cams[3:]))
+    assert moved != a and moved.digest() != a.digest() and moved.same_as(a, atol=1e-6)
+    # the camera order is part of the identity
+    swapped = Rig(tuple(reversed(a.cameras)))
+    assert swapped != a and swapped.digest() != a.digest()
+    digest = a.digest()
+    assert len(digest) == 64 and int(digest, 16) >= 0
+
+
+def test_rig_digest_is_the_documented_sha256() -> None:
+    """The digest is recomputed here from its definition, so it is stable across processes and versions."""
+    import hashlib
+    import struct
+
+    cam = Camera('cam_a', np.array([[500.0, 0, 320.5], [0, 501.0, 240.25], [0, 0, 1]]), 640, 480,
+                 Transform.from_xyzw([1.5, -0.25, 1.75], [0.5, -0.5, 0.5, -0.5]))
+    h = hashlib.sha256()
+    h.update(struct.pack('<q', 1))
+    h.update(struct.pack('<q', 5) + b'cam_a')
+    h.update(struct.pack('<qq', 640, 480))
+    h.update(struct.pack('<9d', 500.0, 0, 320.5, 0, 501.0, 240.25, 0, 0, 1))
+    h.update(struct.pack('<7d', -0.5, 0.5, -0.5, 0.5, 1.5, -0.25, 1.75))  # [w, x, y, z] then translation
+    assert Rig((cam,)).digest() == h.hexdigest()
+    # and in a fresh interpreter
+    import subprocess
+    import sys
+
+    code = ('import numpy as np; from occ_perception.rig import Rig; print(Rig.nuscenes(800, 450).digest())')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == Rig.nuscenes(800, 450).digest()
+
+
+@pytest.mark.parametrize('src', [(1000, 300), (2000, 700), (3000, 1000)])  # overhangs 149, 27, 64 px
+def test_resized_size_with_odd_overhang(src: tuple[int, int]) -> None:
+    """Height-limited sources overhang horizontally; an odd overhang must not be assumed even."""
+    t = ImageTransform.fit(*src, 704, 256)
+    scale = max(704 / src[0], 256 / src[1])
+    expected = (int(src[0] * scale), int(src[1] * scale))
+    assert t.resized_size == expected
+    # the crop lies inside the resized image and the far corner of the source maps to its far edge
+    assert t.crop_x + t.out_width <= expected[0] and t.crop_y + t.out_height <= expected[1]
+    far = t.apply(np.array([src[0], src[1]], float)) + [t.crop_x, t.crop_y]
+    np.testing.assert_allclose(far, np.array(src) * scale)

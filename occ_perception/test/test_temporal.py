@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from occ_perception.geometry import Transform
 from occ_perception.grid import GridSpec
-from occ_perception.temporal import BevCache, ResetReason, TemporalConfig, TemporalError
+from occ_perception.rig import Rig
+from occ_perception.temporal import BevCache, ResetReason, TemporalConfig, TemporalError, select_slots
 
 GRID = GridSpec()
 SHAPE = (4, 50, 50)  # (C, Y, X): 1.6 m cells over the 80 m grid
@@ -78,13 +79,128 @@ def test_reset_on_time_going_backwards() -> None:
     assert c.resets[ResetReason.TIME_BACKWARDS] == 1
 
 
-def test_reset_on_ego_jump() -> None:
-    c = cache(max_jump=10.0)
+def drive_resets(hz: float, seconds: float, speed: float) -> tuple[BevCache, list]:
+    """Frames at ``hz`` along x at ``speed`` m/s (default jump policy); the reset reason of every frame."""
+    c = cache()
+    reasons = []
+    for i in range(int(seconds * hz) + 1):
+        stamp = round(i * 1e9 / hz)
+        pose = Transform.from_yaw(0.3, [speed * stamp / 1e9, 0.0, 0.0])
+        h = c.prepare(stamp, pose, 'rig')
+        c.push(stamp, pose, feature(i))
+        reasons.append(h.reset)
+    return c, reasons
+
+
+@pytest.mark.parametrize('hz', [2.0, 12.0])
+def test_highway_speed_keeps_the_history(hz: float) -> None:
+    c, reasons = drive_resets(hz, 5.0, 30.0)  # 30 m/s = 108 km/h: 15 m between 2 Hz frames
+    assert reasons == [None] * len(reasons)
+    assert not c.resets
+    h = c.prepare(round(5.5 * 1e9), Transform.from_yaw(0.3, [30.0 * 5.5, 0.0, 0.0]), 'rig')
+    assert h.reset is None and h.valid.tolist() == [1.0, 1.0]
+
+
+def test_reset_on_ego_jump_relative_to_time() -> None:
+    c, reasons = drive_resets(12.0, 2.0, 30.0)
+    assert c.entries and reasons[-1] is None
+    newest = c.entries[-1]
+    stamp = newest.stamp_ns + round(1e9 / 12)
+    teleport = Transform.from_yaw(0.3, newest.pose.translation + [0.0, 50.0, 0.0])  # relocalisation, 50 m
+    h = c.prepare(stamp, teleport, 'rig')
+    assert h.reset is ResetReason.EGO_JUMP and h.valid.sum() == 0 and not c.entries
+    # the bound is max_speed * dt + jump_margin: 60 m/s * 0.5 s + 2 m = 32 m
+    c = cache()
     c.prepare(0, Transform(), 'rig')
     c.push(0, Transform(), feature(1.0))
-    assert c.prepare(500 * MS, Transform(translation=[9.9, 0, 0]), 'rig').reset is None
-    h = c.prepare(600 * MS, Transform(translation=[10.5, 0.0, 0.0]), 'rig')
-    assert h.reset is ResetReason.EGO_JUMP and h.valid.sum() == 0
+    assert c.prepare(500 * MS, Transform(translation=[31.9, 0, 0]), 'rig').reset is None
+    assert c.prepare(500 * MS, Transform(translation=[0, 32.1, 0]), 'rig').reset is ResetReason.EGO_JUMP
+    c = cache(max_speed=10.0, jump_margin=0.5)
+    c.prepare(0, Transform(), 'rig')
+    c.push(0, Transform(), feature(1.0))
+    assert c.prepare(100 * MS, Transform(translation=[1.4, 0, 0]), 'rig').reset is None
+    assert c.prepare(100 * MS, Transform(translation=[1.6, 0, 0]), 'rig').reset is ResetReason.EGO_JUMP
+
+
+def test_reset_on_pose_that_is_not_finite() -> None:
+    c = cache()
+    c.prepare(0, Transform(), 'rig')
+    c.push(0, Transform(), feature(1.0))
+    # a pose built around the checks of Transform (as a foreign pose object could be)
+    bad = Transform()
+    object.__setattr__(bad, 'translation', np.array([np.nan, 0.0, 0.0]))
+    h = c.prepare(500 * MS, bad, 'rig')
+    assert h.reset is ResetReason.BAD_POSE and h.valid.sum() == 0 and np.isfinite(h.theta).all()
+    # finite poses whose distance overflows
+    c.push(500 * MS, Transform(translation=[1e308, 0.0, 0.0]), feature(1.0))
+    h = c.prepare(1000 * MS, Transform(translation=[-1e308, 0.0, 0.0]), 'rig')
+    assert h.reset is ResetReason.BAD_POSE and c.resets[ResetReason.BAD_POSE] == 2
+
+
+def test_bad_jump_policy_is_refused() -> None:
+    with pytest.raises(TemporalError, match='max_speed'):
+        TemporalConfig(max_speed=0.0)
+    with pytest.raises(TemporalError, match='jump_margin'):
+        TemporalConfig(jump_margin=-1.0)
+
+
+def reference_slots(stamps: list[int], stamp: int, config: TemporalConfig) -> list[int]:
+    """The slot rule written out: nearest to stamp - offset, within tolerance, strictly older than stamp."""
+    out = []
+    for offset in config.offsets:
+        target = stamp - round(offset * 1e9)
+        if not stamps:
+            out.append(-1)
+            continue
+        best = min(range(len(stamps)), key=lambda i: (abs(stamps[i] - target), i))
+        ok = abs(stamps[best] - target) <= config.tolerance * 1e9 and stamps[best] < stamp
+        out.append(best if ok else -1)
+    return out
+
+
+def test_select_slots_rule() -> None:
+    config = TemporalConfig()  # offsets 0.5 s, 1.0 s, tolerance 0.25 s
+    stamps = np.array([0, 400, 700, 1000], np.int64) * MS
+    # targets 500 ms (400 ms is nearer than 700 ms) and 0 ms
+    np.testing.assert_array_equal(select_slots(stamps, 1000 * MS, config), [1, 0])
+    assert select_slots(stamps, 1000 * MS, config).dtype == np.int64
+    # nothing near 1.0 s ago, and an entry at the current stamp never fills a slot
+    np.testing.assert_array_equal(select_slots(np.array([1000], np.int64) * MS, 1000 * MS, config), [-1, -1])
+    np.testing.assert_array_equal(select_slots(np.zeros(0, np.int64), 0, config), [-1, -1])
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        stamps = np.sort(rng.choice(np.arange(0, 2000, 10), size=rng.integers(0, 8), replace=False)).astype(np.int64)
+        now = int(rng.integers(0, 2200))
+        got = select_slots(stamps * MS, now * MS, config)
+        assert got.tolist() == reference_slots((stamps * MS).tolist(), now * MS, config), (stamps, now)
+
+
+def test_prepare_uses_select_slots() -> None:
+    c = cache()
+    for t in (0, 330, 620, 910):
+        c.prepare(t * MS, Transform(), 'rig')
+        c.push(t * MS, Transform(), feature(t))
+    h = c.prepare(1200 * MS, Transform(), 'rig')
+    picks = select_slots(np.array([e.stamp_ns for e in c.entries]), 1200 * MS, c.config)
+    expected = [c.entries[i].stamp_ns if i >= 0 else 0 for i in picks]
+    assert h.stamps_ns.tolist() == expected and h.valid.tolist() == [float(i >= 0) for i in picks]
+
+
+def test_rig_as_calibration() -> None:
+    c = cache()
+    rig = Rig.nuscenes(800, 450)
+    c.prepare(0, Transform(), calibration=rig)
+    c.push(0, Transform(), feature(1.0))
+    same = Rig.nuscenes(800, 450)  # equal numbers, another object
+    h = c.prepare(500 * MS, Transform(), calibration=same)
+    assert h.reset is None and h.valid.tolist() == [1.0, 0.0]
+    c.push(500 * MS, Transform(), feature(2.0))
+    assert c.prepare(1000 * MS, Transform(), calibration=rig.digest()).reset is None  # the digest string works too
+    c.push(1000 * MS, Transform(), feature(3.0))
+    h = c.prepare(1500 * MS, Transform(), calibration=Rig.nuscenes(1600, 900))
+    assert h.reset is ResetReason.CALIBRATION and h.valid.sum() == 0
+    with pytest.raises(TemporalError, match='calibration'):
+        c.prepare(2000 * MS, Transform(), calibration=3)
 
 
 def test_reset_on_calibration_change() -> None:
