@@ -37,6 +37,7 @@ import numpy as np
 
 from ..geometry import Transform, yaw_of
 from ..grid import FREE_LABEL, OCC3D_GRID, GridSpec
+from ..raycast import RaycastError, prepare_rays, traverse
 from ..rig import Camera, Rig
 from .synth_render import LidarSpec, lidar_ranges, pixel_rays, render_camera
 from .synth_world import GROUND_Z, SPHERE, World, WorldState
@@ -176,55 +177,16 @@ def march_visibility(grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, 
     Raises:
         GroundTruthError: an origin outside the grid or a zero direction.
     """
-    shape = np.asarray(grid.shape)
-    vs = grid.voxel_size
-    o = (np.asarray(origins, dtype=np.float64) - np.asarray(grid.lower)) / vs
-    d = np.asarray(dirs, dtype=np.float64)
-    if o.shape != d.shape or o.ndim != 2 or o.shape[1] != 3:
-        raise GroundTruthError(f'march_visibility: origins and dirs must both be (R, 3), got {o.shape}, {d.shape}')
-    if np.any(np.linalg.norm(d, axis=1) == 0):
-        raise GroundTruthError('march_visibility: a ray direction is zero')
-    norm = np.linalg.norm(d, axis=1)
-    limit = np.full(len(d), np.inf) if max_range is None else np.asarray(max_range, dtype=np.float64) / vs
-    idx = np.floor(o).astype(np.int64)
-    if np.any(idx < 0) or np.any(idx >= shape):
+    try:
+        o, d, occ = prepare_rays(grid, occupied, origins, dirs, 'march_visibility')
+    except RaycastError as exc:
+        raise GroundTruthError(str(exc)) from exc
+    idx = np.floor(o)
+    if np.any(idx < 0) or np.any(idx >= np.asarray(grid.shape)):
         raise GroundTruthError('march_visibility: every ray origin must lie inside the grid')
-    visible = np.zeros(int(np.prod(shape)), bool)
-    occ = occupied.reshape(-1)
-    sy, sz = int(shape[1]), int(shape[2])
-    d = d / norm[:, None]  # unit directions: traversal parameters are distances in voxels
-    never = 1e30  # "no crossing along this axis"; finite so that never * 0 == 0 below
-    with np.errstate(divide='ignore', invalid='ignore'):
-        inv = np.where(d != 0, 1.0 / np.abs(d), never)
-        frac = np.where(d > 0, idx + 1 - o, o - idx)
-        tmax = np.where(d != 0, frac * inv, never)
-    step = np.sign(d).astype(np.int32)
-    ix, iy, iz = (idx[:, a].astype(np.int32) for a in range(3))
-    tx, ty, tz = (tmax[:, a].astype(np.float32) for a in range(3))
-    dx, dy, dz = (inv[:, a].astype(np.float32) for a in range(3))
-    sx_, sy_, sz_ = (step[:, a].copy() for a in range(3))
-    limit = limit.astype(np.float32)
-    nx, ny, nz = (np.uint32(v) for v in shape)
-    while ix.size:
-        flat = (ix * sy + iy) * sz + iz
-        visible[flat] = True
-        keep = ~occ[flat]
-        entry = np.minimum(np.minimum(tx, ty), tz)  # where the ray enters the next voxel [voxels]
-        mx = tx == entry
-        my = ~mx & (ty == entry)
-        mz = ~(mx | my)
-        ix += sx_ * mx
-        iy += sy_ * my
-        iz += sz_ * mz
-        tx += dx * mx
-        ty += dy * my
-        tz += dz * mz
-        # Negative indices wrap to large unsigned values, so one comparison per axis checks both bounds.
-        keep &= (ix.view(np.uint32) < nx) & (iy.view(np.uint32) < ny) & (iz.view(np.uint32) < nz) & (entry <= limit)
-        if not keep.all():
-            ix, iy, iz, tx, ty, tz = ix[keep], iy[keep], iz[keep], tx[keep], ty[keep], tz[keep]
-            dx, dy, dz, sx_, sy_, sz_ = dx[keep], dy[keep], dz[keep], sx_[keep], sy_[keep], sz_[keep]
-            limit = limit[keep]
+    limit = None if max_range is None else np.asarray(max_range, dtype=np.float64) / grid.voxel_size
+    visible = np.zeros(grid.num_voxels, bool)
+    traverse(occ, grid.shape, o, d, limit, visible)
     return visible.reshape(grid.shape)
 
 
