@@ -16,7 +16,7 @@ from occ_perception.model.bev import HistoryWarp
 from occ_perception.model.checkpoint import load_checkpoint, save_checkpoint
 from occ_perception.model.config import get_config
 from occ_perception.model.network import OccNet
-from occ_perception.model.splat import splat_table_names
+from occ_perception.model.splat_tables import splat_table_names
 from occ_perception.rig import Camera, Rig
 from occ_perception.runtime.base import BackendError
 from occ_perception.runtime.export import (

@@ -151,10 +151,26 @@ def test_load_flashocc_checkpoint_bad_file(tmp_path: Path) -> None:
         load_flashocc_checkpoint(bad, get_config('flashocc-m0'))
 
 
-def test_forward_rejects_wrong_input_count() -> None:
+def test_forward_rejects_missing_or_unexpected_history() -> None:
+    import inspect
+
     from occ_perception.model.network import NetworkInputError
+    from occ_perception.model.splat_tables import build_splat_tables
+    from occ_perception.rig import Rig
 
     net = OccNet(get_config('tiny', history=2))
-    assert [s.name for s in net.input_specs()][-3:] == ['history_bev', 'history_theta', 'history_valid']
+    names = [s.name for s in net.input_specs()]
+    assert names[-3:] == ['history_bev', 'history_theta', 'history_valid']
+    assert list(inspect.signature(net.forward).parameters) == names  # forward's parameters are the graph inputs
+    cfg = net.config
+    tables = {k: torch.from_numpy(v) for k, v in build_splat_tables(cfg, Rig.nuscenes().matrices(*cfg.image_size)).items()}
+    images = torch.zeros(6, 128, 352, 3, dtype=torch.uint8)
     with pytest.raises(NetworkInputError, match='history_bev'):
-        net(torch.zeros(6, 128, 352, 3, dtype=torch.uint8))
+        net(images, *net.tables_from(tables))
+    with pytest.raises(NetworkInputError, match='history_theta'):
+        net.predict(images, tables, history_bev=torch.zeros(2, 32, 200, 200))
+    single = OccNet(get_config('tiny'))
+    with pytest.raises(NetworkInputError, match='no history'):
+        single.predict(images, tables, history_bev=torch.zeros(1, 32, 200, 200))
+    with pytest.raises(NetworkInputError, match='splat_reduce_2'):
+        single.encode_bev(images, {k: v for k, v in tables.items() if k != 'splat_reduce_2'})

@@ -6,7 +6,7 @@ One frame of N cameras in, one voxel grid out (X, Y, Z = 200, 200, 16 for Occ3D)
 input           dtype    shape                        meaning
 ==============  =======  ===========================  =============================================
 images          uint8    (N, H, W, 3)                 RGB, already resized/cropped to the input size
-splat_*         int64    see :mod:`.splat`            tables from :func:`build_splat_tables`
+splat_*         int64    see :mod:`.splat_tables`     tables from :func:`.splat_tables.build_splat_tables`
 history_bev     float32  (K, C_bev, Y, X)             cached ``bev_feature`` of K earlier frames
 history_theta   float32  (K, 2, 3)                    rows 0-1 of ``geometry.bev_warp_affine``
 history_valid   float32  (K,)                         1 = slot filled, 0 = contributes zeros
@@ -31,23 +31,27 @@ warped history...] on channels; BEV encoder + neck -> (1, C', Y, X); heads.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import nn
 
-from ..runtime.base import TensorSpec
+from ..tensors import TensorSpec
 from .backbone import ImageNeck, ResNet
 from .bev import BevEncoder, BevNeck, HistoryWarp
 from .config import ModelConfig
 from .heads import HeightHead
-from .splat import SPLAT_CHUNKS, Splat, splat_table_names
+from .splat import Splat
+from .splat_tables import splat_table_names
 
-__all__ = ['OUTPUT_NAMES', 'NetworkInputError', 'OccNet', 'ViewTransformer']
+__all__ = ['HISTORY_NAMES', 'OUTPUT_NAMES', 'NetworkInputError', 'OccNet', 'ViewTransformer']
 
 OUTPUT_NAMES: tuple[str, ...] = ('labels', 'confidence', 'flow', 'bev_feature')
+HISTORY_NAMES: tuple[str, ...] = ('history_bev', 'history_theta', 'history_valid')
 
 
 class NetworkInputError(TypeError):
-    """OccNet.forward got the wrong number of input tensors for its config."""
+    """OccNet got missing, unexpected or misnamed inputs for its config (splat tables, history)."""
 
 
 class ViewTransformer(nn.Module):
@@ -56,11 +60,11 @@ class ViewTransformer(nn.Module):
     forward(feat (N, in_ch, h, w), *tables) -> (C_bev, Y, X).
     """
 
-    def __init__(self, in_ch: int, depth_bins: int, context: int, bev_size: tuple[int, int], levels: int) -> None:
+    def __init__(self, in_ch: int, depth_bins: int, context: int, bev_size: tuple[int, int]) -> None:
         super().__init__()
         self.depth_net = nn.Conv2d(in_ch, depth_bins + context, 1)
         self.depth_bins, self.context = int(depth_bins), int(context)
-        self.splat = Splat(bev_size, levels)
+        self.splat = Splat(bev_size)
 
     def forward(self, feat: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
         x = self.depth_net(feat)
@@ -78,23 +82,24 @@ class OccNet(nn.Module):
     ``flow_head.*`` (if ``config.flow_head``) and, with history K > 0, the BEV
     encoder's first convs take C_bev * (K + 1) input channels.
 
-    forward(images, *splat_tables, [history_bev, history_theta, history_valid]) ->
-    (labels, confidence, flow, bev_feature); see the module docstring for shapes.
+    Entry points:
 
-    Raises:
-        NetworkInputError: from forward, when the number of inputs does not fit the config.
+    - :meth:`forward` (the exported graph): named inputs in, (labels, confidence, flow,
+      bev_feature) out; see the module docstring for shapes.
+    - :meth:`predict` (training): the differentiable part, logits and flow.
+    - :meth:`encode_bev`: images and tables to the current BEV feature.
+    - :meth:`tables_from`: the splat tables of a feed dict, in forward order.
     """
 
-    def __init__(self, config: ModelConfig, splat_levels: int = len(SPLAT_CHUNKS)) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.splat_levels = int(splat_levels)
         self.register_buffer('image_mean', torch.tensor(config.image_mean).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer('image_std', torch.tensor(config.image_std).reshape(1, 3, 1, 1), persistent=False)
         self.img_backbone = ResNet(config.blocks, config.bottleneck, config.backbone_width)
         self.img_neck = ImageNeck(config.stage_channels[2:], config.neck_channels)  # type: ignore[arg-type]
         self.img_view_transformer = ViewTransformer(
-            config.neck_channels, config.num_depth_bins, config.context_channels, config.bev_size, self.splat_levels
+            config.neck_channels, config.num_depth_bins, config.context_channels, config.bev_size
         )
         self.history_warp = HistoryWarp(config.bev_size) if config.history else None
         self.img_bev_encoder_backbone = BevEncoder(config.bev_in_channels, config.bev_channels, config.bev_blocks)
@@ -103,8 +108,8 @@ class OccNet(nn.Module):
         self.flow_head = HeightHead(config.head_channels, config.z_size, 2) if config.flow_head else None
 
     def table_names(self) -> tuple[str, ...]:
-        """Names of the splat table inputs, in forward order."""
-        return splat_table_names(self.splat_levels)
+        """Names of the splat table inputs, in forward order (:func:`.splat_tables.splat_table_names`)."""
+        return splat_table_names()
 
     def input_specs(self) -> tuple[TensorSpec, ...]:
         """Graph inputs in forward order (None = dynamic: camera count and table lengths)."""
@@ -138,11 +143,41 @@ class OccNet(nn.Module):
             TensorSpec('bev_feature', 'float32', (cfg.context_channels, y_size, x_size)),
         )
 
-    def encode_bev(self, images: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, H, W, 3) images and splat tables -> the current BEV feature (C_bev, Y, X)."""
+    def tables_from(self, feeds: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The splat tables of ``feeds`` (a dict holding at least the table names), in forward order.
+
+        Args:
+            feeds: name -> int64 tensor; other entries (images, history) are ignored.
+
+        Returns:
+            ``(splat_depth_index, splat_feat_index, splat_reduce_1, splat_reduce_2, splat_cell_index)``.
+
+        Raises:
+            NetworkInputError: a table is missing.
+        """
+        names = self.table_names()
+        missing = [n for n in names if n not in feeds]
+        if missing:
+            raise NetworkInputError(f'OccNet: splat tables {missing} missing; expected {list(names)}, '
+                                    f'got {sorted(feeds)}')
+        return tuple(feeds[n] for n in names)
+
+    def encode_bev(self, images: torch.Tensor, tables: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Images and splat tables -> the current BEV feature, before the BEV encoder.
+
+        Args:
+            images: (N, H, W, 3) RGB, uint8 or float on the 0..255 scale, at ``config.image_size``.
+            tables: splat table name -> int64 tensor (:func:`.splat_tables.build_splat_tables`).
+
+        Returns:
+            (C_bev, Y, X) float, x along the width.
+
+        Raises:
+            NetworkInputError: a table is missing.
+        """
         x = (images.permute(0, 3, 1, 2).float() - self.image_mean) / self.image_std
         c3, c4 = self.img_backbone(x)
-        return self.img_view_transformer(self.img_neck(c3, c4), *tables)
+        return self.img_view_transformer(self.img_neck(c3, c4), *self.tables_from(tables))
 
     def decode(self, bev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """BEV encoder input (1, C_bev*(K+1), Y, X) -> class logits (X, Y, Z, 18) and flow (X, Y, Z, 2) or None."""
@@ -152,17 +187,66 @@ class OccNet(nn.Module):
         flow = self.flow_head(top) if self.flow_head is not None else None
         return logits, flow
 
-    def forward(self, images: torch.Tensor, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        n_tables = len(self.table_names())
-        tables, history = args[:n_tables], args[n_tables:]
-        if len(tables) != n_tables or len(history) != (3 if self.config.history else 0):
-            raise NetworkInputError(f'OccNet.forward: expected inputs {[s.name for s in self.input_specs()]}, '
-                            f'got {1 + len(args)} tensors')
-        bev_feature = self.encode_bev(images, *tables)  # (C, Y, X)
+    def predict(self, images: torch.Tensor, tables: Mapping[str, torch.Tensor], history_bev: torch.Tensor | None = None,
+                history_theta: torch.Tensor | None = None, history_valid: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The differentiable network (training entry point): images, tables and history -> logits and flow.
+
+        Args:
+            images: (N, H, W, 3) RGB, uint8 or float 0..255.
+            tables: splat table name -> int64 tensor.
+            history_bev: (K, C_bev, Y, X) cached BEV features; required iff ``config.history`` K > 0.
+            history_theta: (K, 2, 3) warp affines (rows 0-1 of ``geometry.bev_warp_affine``).
+            history_valid: (K,) 1 = slot filled, 0 = contributes zeros.
+
+        Returns:
+            ``(logits, flow, bev_feature)``: class logits (X, Y, Z, num_classes) indexed [x, y, z],
+            flow (X, Y, Z, 2) [m/s] in base_link axes or None without a flow head, and this
+            frame's BEV feature (C_bev, Y, X).
+
+        Raises:
+            NetworkInputError: history inputs missing for K > 0 or given for K = 0, or a table missing.
+        """
+        history = (history_bev, history_theta, history_valid)
+        given = [name for name, v in zip(HISTORY_NAMES, history) if v is not None]
+        if self.config.history and len(given) != 3:
+            raise NetworkInputError(f'OccNet ({self.config.name}, history K={self.config.history}): needs '
+                                    f'{list(HISTORY_NAMES)}, got only {given}')
+        if not self.config.history and given:
+            raise NetworkInputError(f'OccNet ({self.config.name}): no history (K=0), but got {given}')
+        bev_feature = self.encode_bev(images, tables)  # (C, Y, X)
         bev = bev_feature.unsqueeze(0)
         if self.history_warp is not None:
-            bev = torch.cat([bev, self.history_warp(*history)], dim=1)
+            bev = torch.cat([bev, self.history_warp(history_bev, history_theta, history_valid)], dim=1)
         logits, flow = self.decode(bev)
+        return logits, flow, bev_feature
+
+    def forward(self, images: torch.Tensor, splat_depth_index: torch.Tensor, splat_feat_index: torch.Tensor,
+                splat_reduce_1: torch.Tensor, splat_reduce_2: torch.Tensor, splat_cell_index: torch.Tensor,
+                history_bev: torch.Tensor | None = None, history_theta: torch.Tensor | None = None,
+                history_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The exported graph: :meth:`predict`, then softmax, argmax and the uint8 casts.
+
+        Args:
+            images: (N, H, W, 3) uint8 RGB.
+            splat_*: the splat tables (:mod:`.splat_tables`).
+            history_bev, history_theta, history_valid: as in :meth:`predict`, only with history K > 0.
+
+        Returns:
+            ``(labels, confidence, flow, bev_feature)``: uint8 (X, Y, Z), uint8 (X, Y, Z),
+            float32 (X, Y, Z, 2) (zeros without a flow head), float32 (C_bev, Y, X).
+
+        Raises:
+            NetworkInputError: history inputs missing for K > 0 or given for K = 0.
+        """
+        tables = {
+            'splat_depth_index': splat_depth_index,
+            'splat_feat_index': splat_feat_index,
+            'splat_reduce_1': splat_reduce_1,
+            'splat_reduce_2': splat_reduce_2,
+            'splat_cell_index': splat_cell_index,
+        }
+        logits, flow, bev_feature = self.predict(images, tables, history_bev, history_theta, history_valid)
         probability, labels = logits.softmax(dim=-1).max(dim=-1)
         confidence = torch.round(probability * 255.0)
         if flow is None:

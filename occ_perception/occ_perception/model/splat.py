@@ -1,300 +1,19 @@
-"""The view transform's splat: BEVPoolv2 as host-built tables and plain gathers.
+"""The view transform's splat in the graph: :class:`Splat` runs the host-built tables.
 
-LSS lifts every image feature pixel to D depth bins; each frustum point
-``(camera n, bin d, row v, column u)`` carries ``depth[n, d, v, u] * feat[n, v, u, :]``
-and lands in one BEV cell. FlashOCC sums these with the ``bev_pool_v2`` CUDA
-kernel over runs of points sorted by cell. Here the same sum is a short chain
-of Gather / Mul / ReduceSum ops (all native in the TensorRT 10 ONNX parser and
-fp16-safe: no scatter with a reduction, no cumulative sum):
+The tables and their layout are described in :mod:`.splat_tables` (numpy only). Here
+the sum is a short chain of Gather / Mul / ReduceSum ops, all native in the TensorRT 10
+ONNX parser and fp16-safe (no scatter with a reduction, no cumulative sum).
 
-1. level 0: the points, sorted by cell, are cut into chunks of ``L0`` points
-   that never straddle two cells (a cell's last chunk is padded with an index
-   to an appended zero depth). ``depth_index`` and ``feat_index`` (R0, L0)
-   gather depths (R0, L0) and features (R0, L0, C); Mul and ReduceSum over
-   L0 give one partial sum per chunk, (R0, C).
-2. levels 1..: ``reduce_k`` (R_k, L_k) gathers the rows of the previous level
-   (plus an appended zero row) chunk by chunk, only for the cells that still
-   have more than one row, and sums them. After the last level (whose width is
-   the largest remaining row count of any cell) every cell has one row.
-3. ``cell_index`` (Y*X,) picks each BEV cell's final row from the
-   concatenation of all levels' rows plus a zero row (empty cells -> the zero
-   row), giving the dense map (Y*X, C) -> (C, Y, X).
-
-All table lengths are dynamic, so one exported graph serves any rig. The
-tables are built on the host by :func:`build_splat_tables` from the rig
-matrices (numpy only, no ROS, vectorised).
-
-Frames and conventions: points are in ``base_link``; the BEV map is (C, Y, X)
-with x along the width; cell (ix, iy) has flat index ``iy * X + ix``.
+Layout: the BEV map is (C, Y, X) with x along the width; cell (ix, iy) has flat index
+``iy * X + ix``.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import numpy as np
 import torch
 from torch import nn
 
-from ..rig import RigMatrices
-from .config import ModelConfig
-
-__all__ = [
-    'SPLAT_CHUNKS',
-    'Splat',
-    'SplatError',
-    'bev_cells',
-    'build_splat_tables',
-    'check_splat_tables',
-    'frustum_points',
-    'frustum_cells',
-    'splat_index_add',
-    'splat_ranks',
-    'splat_reference',
-    'splat_table_names',
-]
-
-
-class SplatError(ValueError):
-    """Rig matrices or splat tables are malformed."""
-
-
-SPLAT_CHUNKS: tuple[int, ...] = (8, 4)
-"""Chunk lengths of the fixed-width levels (level 0 gathers points, level 1 chunk sums);
-a final level of dynamic width follows. Chosen by measuring the M1-geometry splat on
-onnxruntime CPU (2 cores, medians, one run): (8, 4) 36 ms, (16, 4) 37 ms, (8, 4, 4) 50 ms,
-(4, 4, 4) 55 ms, (16,) 47 ms, (8,) 59 ms, (32, 4) 55 ms. A MatMul (R, 1, L) @ (R, L, C) in
-place of Mul + ReduceSum at level 0 measured within noise (22 vs 24 ms); gathering
-channel-first (C, R, L) was 5x slower."""
-
-
-def splat_table_names(levels: int = len(SPLAT_CHUNKS)) -> tuple[str, ...]:
-    """Names of the table inputs, in graph input order, for ``levels`` fixed-width levels.
-
-    ``splat_depth_index``, ``splat_feat_index`` (level 0), ``splat_reduce_1`` ...
-    ``splat_reduce_{levels}`` (the last one is the per-cell level) and ``splat_cell_index``.
-    """
-    return ('splat_depth_index', 'splat_feat_index') + tuple(f'splat_reduce_{k}' for k in range(1, levels + 1)) + (
-        'splat_cell_index',
-    )
-
-
-def _check_matrices(matrices: RigMatrices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    c2e = np.asarray(matrices.cam_to_ego, dtype=np.float64)
-    k = np.asarray(matrices.intrinsics, dtype=np.float64)
-    t = np.asarray(matrices.image_transform, dtype=np.float64)
-    n = c2e.shape[0] if c2e.ndim == 3 else -1
-    for name, arr, shape in (('cam_to_ego', c2e, (n, 4, 4)), ('intrinsics', k, (n, 3, 3)), ('image_transform', t, (n, 3, 3))):
-        if n <= 0 or arr.shape != shape:
-            raise SplatError(f'rig matrices: {name} must have shape (N, {shape[1]}, {shape[2]}) with the same N >= 1, '
-                             f'got {arr.shape}')
-        if not np.all(np.isfinite(arr)):
-            raise SplatError(f'rig matrices: {name} has non-finite values')
-    if np.any(np.abs(np.linalg.det(k)) < 1e-12) or np.any(np.abs(np.linalg.det(t)) < 1e-12):
-        raise SplatError('rig matrices: an intrinsics or image_transform matrix is singular (zero focal length or scale?)')
-    return c2e, k, t
-
-
-def frustum_points(config: ModelConfig, matrices: RigMatrices) -> np.ndarray:
-    """Ego-frame position of every frustum point, FlashOCC's geometry.
-
-    Feature pixel ``(u, v)`` sits at network-image pixel
-    ``(linspace(0, W_img - 1, W_feat)[u], linspace(0, H_img - 1, H_feat)[v])``;
-    at depth ``d`` it is taken back through ``image_transform``, ``intrinsics``
-    and ``cam_to_ego``.
-
-    Args:
-        config: the network config (image and feature size, depth bins).
-        matrices: N cameras (:meth:`Rig.matrices` for the config's image size).
-
-    Returns:
-        (N, D, H_feat, W_feat, 3) float64 [m] in ``base_link``.
-
-    Raises:
-        SplatError: malformed matrices.
-    """
-    c2e, k, t = _check_matrices(matrices)
-    (w_img, h_img), (w_f, h_f) = config.image_size, config.feature_size
-    depths = config.depth_bins
-    us = np.linspace(0.0, w_img - 1.0, w_f)
-    vs = np.linspace(0.0, h_img - 1.0, h_f)
-    d, v, u = np.meshgrid(depths, vs, us, indexing='ij')  # (D, H, W)
-    pix = np.stack([u, v, np.ones_like(u)], axis=-1)  # network pixels, homogeneous
-    # network px -> source px -> camera ray (z = 1) -> camera point at depth d -> ego
-    back = np.linalg.inv(k) @ np.linalg.inv(t)  # (N, 3, 3)
-    rays = np.einsum('nij,dhwj->ndhwi', back, pix)
-    rays = rays / rays[..., 2:3]
-    cam = rays * d[None, ..., None]
-    rot, trans = c2e[:, :3, :3], c2e[:, :3, 3]
-    return np.einsum('nij,ndhwj->ndhwi', rot, cam) + trans[:, None, None, None, :]
-
-
-def bev_cells(config: ModelConfig, points: np.ndarray) -> np.ndarray:
-    """BEV cell of ego-frame points: (...,) int64 ``iy * X + ix``, -1 outside the grid.
-
-    Args:
-        config: grid, ``bev_z_range`` and ``truncate_bins``.
-        points: (..., 3) [m] in ``base_link``.
-
-    With ``config.truncate_bins`` (FlashOCC) the cell coordinate ``(p - lower) / cell`` is
-    truncated toward zero and the point kept where the index lies in the grid, so points up
-    to one cell below a lower bound land in the first cell; otherwise floor and strict bounds.
-    """
-    grid = config.grid
-    lower = np.array([grid.lower[0], grid.lower[1], config.bev_z_range[0]])
-    cell = np.array([grid.voxel_size, grid.voxel_size, config.bev_z_range[1] - config.bev_z_range[0]])
-    rel = (np.asarray(points, dtype=np.float64) - lower) / cell
-    finite = np.all(np.isfinite(rel), axis=-1)
-    rel = np.where(finite[..., None], rel, -2.0)
-    idx = np.trunc(rel) if config.truncate_bins else np.floor(rel)
-    x_size, y_size = config.bev_size
-    inside = (
-        finite
-        & (idx[..., 0] >= 0) & (idx[..., 0] < x_size)
-        & (idx[..., 1] >= 0) & (idx[..., 1] < y_size)
-        & (idx[..., 2] == 0)
-    )
-    idx = np.where(inside[..., None], idx, 0).astype(np.int64)
-    return np.where(inside, idx[..., 1] * x_size + idx[..., 0], -1)
-
-
-def frustum_cells(config: ModelConfig, matrices: RigMatrices) -> np.ndarray:
-    """BEV cell of every frustum point: (N, D, H_feat, W_feat) int64, ``iy * X + ix``, -1 outside the grid."""
-    return bev_cells(config, frustum_points(config, matrices))
-
-
-def _chunk_rows(group: np.ndarray, length: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Cut sorted group ids into chunks of ``length`` items that never straddle two groups.
-
-    Args:
-        group: (M,) non-decreasing group ids (e.g. cells), M >= 1.
-        length: chunk length; None = one chunk per group, as wide as the largest group.
-
-    Returns:
-        ``(table, chunk_group)``: table (R, L) int64 of item positions with ``M``
-        (an appended zero item) as padding, and the group id (R,) of each chunk.
-    """
-    m = group.shape[0]
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    counts = np.diff(np.r_[starts, m])
-    rank = np.arange(m) - np.repeat(starts, counts)  # position of each item within its group
-    if length is None:
-        length = int(counts.max())
-    chunks_per_group = -(-counts // length)
-    chunk_start = np.r_[0, np.cumsum(chunks_per_group)[:-1]]
-    table = np.full((int(chunks_per_group.sum()), length), m, dtype=np.int64)
-    row = np.repeat(chunk_start, counts) + rank // length
-    table[row, rank % length] = np.arange(m)
-    return table, np.repeat(group[starts], chunks_per_group)
-
-
-def build_splat_tables(config: ModelConfig, matrices: RigMatrices,
-                       chunks: tuple[int, ...] = SPLAT_CHUNKS) -> dict[str, np.ndarray]:
-    """The splat tables for one rig: the graph inputs named by :func:`splat_table_names`.
-
-    Args:
-        config: the network config (image size, depth bins, BEV grid).
-        matrices: ``rig.matrices(*config.image_size)``; N must equal the number of images fed.
-        chunks: fixed chunk lengths of level 0 (points) and of levels 1 .. len(chunks)-1
-            (default :data:`SPLAT_CHUNKS`); a last level of one row per remaining cell follows.
-
-    Returns:
-        name -> int64 array:
-
-        - ``splat_depth_index`` (R0, L0): flat index into depth (N*D*H*W) + 1 zero slot at N*D*H*W.
-        - ``splat_feat_index`` (R0, L0): flat index into features (N*H*W) (padding: 0, its depth is zero).
-        - ``splat_reduce_k`` (R_k, L_k), k = 1 .. len(chunks): rows of level k-1 (index R_{k-1} = zero
-          row), covering only the cells that still have more than one row at level k-1; after the
-          last level every cell has one row.
-        - ``splat_cell_index`` (Y*X,): for each BEV cell ``iy * X + ix`` its final row in the
-          concatenation of all levels' rows plus one zero row (empty cells point at the zero row).
-
-    Raises:
-        SplatError: malformed matrices, bad chunk lengths, or no frustum point inside the grid.
-    """
-    if len(chunks) < 1 or any(int(c) < 1 for c in chunks):
-        raise SplatError(f'build_splat_tables: chunks must be one or more positive lengths, got {chunks}')
-    cells = frustum_cells(config, matrices)  # (N, D, H, W)
-    n, d, h, w = cells.shape
-    flat = cells.reshape(-1)
-    keep = np.flatnonzero(flat >= 0)
-    if keep.size == 0:
-        raise SplatError('build_splat_tables: no frustum point falls inside the BEV grid; check the rig extrinsics')
-    feat_of_point = (keep // (d * h * w)) * (h * w) + keep % (h * w)
-    # sort by cell, then by feature pixel (memory locality of the feature gather)
-    order = np.lexsort((feat_of_point, flat[keep]))
-    depth_idx, feat_idx, cell = keep[order], feat_of_point[order], flat[keep][order]
-
-    table, group = _chunk_rows(cell, int(chunks[0]))
-    pad = table == cell.shape[0]
-    safe = np.minimum(table, cell.shape[0] - 1)
-    tables = {
-        'splat_depth_index': np.where(pad, n * d * h * w, depth_idx[safe]),
-        'splat_feat_index': np.where(pad, 0, feat_idx[safe]),
-    }
-    x_size, y_size = config.bev_size
-    final_row = np.full(x_size * y_size, -1, dtype=np.int64)  # row in the concatenation of all levels
-    offset = 0  # start of the current level's rows in that concatenation
-    for k in range(1, len(chunks) + 1):
-        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-        counts = np.diff(np.r_[starts, group.shape[0]])
-        single = starts[counts == 1]
-        final_row[group[single]] = offset + single  # done: this cell has one row at level k-1
-        multi = np.repeat(counts > 1, counts)
-        rows_multi = np.flatnonzero(multi)
-        length = int(chunks[k]) if k < len(chunks) else None
-        if rows_multi.size:
-            sub, sub_group = _chunk_rows(group[rows_multi], length)
-            table = np.where(sub == rows_multi.size, group.shape[0], rows_multi[np.minimum(sub, rows_multi.size - 1)])
-        else:
-            table, sub_group = np.zeros((0, 1), dtype=np.int64), np.zeros(0, dtype=np.int64)
-        tables[f'splat_reduce_{k}'] = table
-        offset += group.shape[0]
-        group = sub_group
-    final_row[group] = offset + np.arange(group.shape[0])  # the last level: one row per cell
-    offset += group.shape[0]
-    tables['splat_cell_index'] = np.where(final_row < 0, offset, final_row)
-    return {name: np.ascontiguousarray(v, dtype=np.int64) for name, v in tables.items()}
-
-
-def check_splat_tables(tables: Mapping[str, np.ndarray], config: ModelConfig, num_cameras: int,
-                       levels: int = len(SPLAT_CHUNKS)) -> None:
-    """Check names, ranks and index ranges of splat tables before they reach a runtime.
-
-    Raises:
-        SplatError: naming the table and what was expected.
-    """
-    names = splat_table_names(levels)
-    missing = [nm for nm in names if nm not in tables]
-    if missing:
-        raise SplatError(f'splat tables: missing {missing}; expected {list(names)}')
-    d, (w, h) = config.num_depth_bins, config.feature_size
-    depth = np.asarray(tables['splat_depth_index'])
-    feat = np.asarray(tables['splat_feat_index'])
-    if depth.ndim != 2 or feat.shape != depth.shape:
-        raise SplatError(f'splat tables: splat_depth_index and splat_feat_index must be equal (R, L), '
-                         f'got {depth.shape} and {feat.shape}')
-    limits = {'splat_depth_index': num_cameras * d * h * w, 'splat_feat_index': num_cameras * h * w - 1}
-    rows = depth.shape[0]
-    total = rows
-    for k in range(1, levels + 1):
-        t = np.asarray(tables[f'splat_reduce_{k}'])
-        if t.ndim != 2:
-            raise SplatError(f'splat tables: splat_reduce_{k} must be 2-D (R, L), got shape {t.shape}')
-        limits[f'splat_reduce_{k}'] = rows
-        rows = t.shape[0]
-        total += rows
-    cell = np.asarray(tables['splat_cell_index'])
-    x_size, y_size = config.bev_size
-    if cell.shape != (x_size * y_size,):
-        raise SplatError(f'splat tables: splat_cell_index must have shape ({x_size * y_size},), got {cell.shape}')
-    limits['splat_cell_index'] = total
-    for name, hi in limits.items():
-        t = np.asarray(tables[name])
-        if t.dtype != np.int64:
-            raise SplatError(f'splat tables: {name} must be int64, got {t.dtype}')
-        if t.size and (t.min() < 0 or t.max() > hi):
-            raise SplatError(f'splat tables: {name} has indices outside [0, {hi}]; built for another config or rig?')
+__all__ = ['Splat']
 
 
 class Splat(nn.Module):
@@ -306,17 +25,16 @@ class Splat(nn.Module):
         depth: (N, D, H, W) depth probabilities.
         feat: (N, C, H, W) context features.
         depth_index, feat_index: (R0, L0) int64.
-        reduce: ``levels`` tables (R_k, L_k) int64.
+        reduce: the ``splat_reduce_k`` tables (R_k, L_k) int64, k = 1, 2, ...
         cell_index: (Y*X,) int64.
 
     Returns:
         (C, Y, X) BEV feature.
     """
 
-    def __init__(self, bev_size: tuple[int, int], levels: int = len(SPLAT_CHUNKS)) -> None:
+    def __init__(self, bev_size: tuple[int, int]) -> None:
         super().__init__()
         self.bev_size = (int(bev_size[0]), int(bev_size[1]))
-        self.levels = int(levels)
 
     def forward(self, depth: torch.Tensor, feat: torch.Tensor, depth_index: torch.Tensor, feat_index: torch.Tensor,
                 *tables: torch.Tensor) -> torch.Tensor:
@@ -336,54 +54,3 @@ class Splat(nn.Module):
         dense = torch.cat(levels + [zero]).index_select(0, cell_index)  # (Y*X, C)
         x_size, y_size = self.bev_size
         return dense.t().reshape(c, y_size, x_size)
-
-
-def splat_ranks(cells: np.ndarray | torch.Tensor, depth_shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, ...]:
-    """BEVPoolv2-style ranks of the frustum points that fall in the grid, sorted by BEV cell.
-
-    Args:
-        cells: (N, D, H, W) int64 from :func:`frustum_cells` (-1 = outside).
-        depth_shape: (N, D, H, W).
-
-    Returns:
-        ``(ranks_depth, ranks_feat, ranks_bev)``, each (P,) int64: index into the flattened
-        depth (N*D*H*W), into the flattened feature rows (N*H*W), and the BEV cell.
-    """
-    _, d, h, w = depth_shape
-    cells = torch.as_tensor(cells).reshape(-1)
-    keep = torch.nonzero(cells >= 0).squeeze(1)
-    keep = keep[torch.argsort(cells[keep], stable=True)]
-    return keep, (keep // (d * h * w)) * (h * w) + keep % (h * w), cells[keep]
-
-
-def splat_index_add(depth: torch.Tensor, feat: torch.Tensor, ranks: tuple[torch.Tensor, ...],
-                    bev_size: tuple[int, int]) -> torch.Tensor:
-    """Direct splat with gathers and ``index_add`` over precomputed :func:`splat_ranks`.
-
-    Args:
-        depth: (N, D, H, W); feat: (N, C, H, W); bev_size: (X, Y).
-
-    Returns:
-        (C, Y, X).
-    """
-    ranks_depth, ranks_feat, ranks_bev = ranks
-    c = feat.shape[1]
-    feat_rows = feat.permute(0, 2, 3, 1).reshape(-1, c)
-    values = depth.reshape(-1).index_select(0, ranks_depth).unsqueeze(1) * feat_rows.index_select(0, ranks_feat)
-    out = feat.new_zeros(bev_size[0] * bev_size[1], c).index_add_(0, ranks_bev, values)
-    return out.t().reshape(c, bev_size[1], bev_size[0])
-
-
-def splat_reference(depth: torch.Tensor, feat: torch.Tensor, cells: np.ndarray | torch.Tensor,
-                    bev_size: tuple[int, int]) -> torch.Tensor:
-    """Direct splat with ``index_add`` over all frustum points (the test reference).
-
-    Args:
-        depth: (N, D, H, W); feat: (N, C, H, W).
-        cells: (N, D, H, W) int64 from :func:`frustum_cells` (-1 = outside).
-        bev_size: (X, Y).
-
-    Returns:
-        (C, Y, X).
-    """
-    return splat_index_add(depth, feat, splat_ranks(cells, tuple(depth.shape)), bev_size)

@@ -10,35 +10,17 @@ runtime.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from ..tensors import TensorSpec
 
 __all__ = ['Backend', 'BackendError', 'TensorSpec', 'check_feeds']
 
 
 class BackendError(RuntimeError):
     """A backend cannot be created (missing library, bad file) or was fed the wrong tensors."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, element type and shape of one graph input or output.
-
-    Attributes:
-        name: tensor name in the graph.
-        dtype: numpy dtype name, e.g. ``'uint8'``, ``'float32'``, ``'int64'``.
-        shape: one entry per axis: an int for a fixed size, None for a dynamic one.
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[int | None, ...]
-
-    def describe(self) -> str:
-        dims = ', '.join('?' if d is None else str(d) for d in self.shape)
-        return f'{self.name}: {self.dtype}[{dims}]'
 
 
 def _shape_of(value: Any) -> tuple[int, ...]:

@@ -53,7 +53,9 @@ def splat_bench(workdir: Path, repeats: int = 15, threads: int = 0) -> tuple[Ben
     import warnings
 
     from ..model.config import get_config
-    from ..model.splat import Splat, build_splat_tables, frustum_cells, splat_index_add, splat_ranks, splat_table_names
+    from ..model.splat import Splat
+    from ..model.splat_reference import splat_index_add, splat_ranks
+    from ..model.splat_tables import build_splat_tables, frustum_cells, splat_table_names
     from ..rig import Rig
     from .ort_backend import OnnxRuntimeBackend
 

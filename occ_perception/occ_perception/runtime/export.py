@@ -51,7 +51,7 @@ def sample_inputs(net: Any, rig: Any = None, seed: int = 0) -> dict[str, np.ndar
     Returns:
         input name -> numpy array, in :meth:`OccNet.input_specs` order.
     """
-    from ..model.splat import build_splat_tables
+    from ..model.splat_tables import build_splat_tables
     from ..rig import Rig
 
     cfg = net.config
@@ -154,8 +154,8 @@ def export_onnx(net: Any, path: str | os.PathLike[str], rig: Any = None, opset: 
                 def dims(spec: Any) -> dict[int, Any] | None:
                     return {i: Dim.DYNAMIC for i, d in enumerate(spec.shape) if d is None} or None
 
-                # forward(images, *rest): the varargs get one nested tuple
-                shapes = (dims(specs[0]), tuple(dims(s) for s in specs[1:]))
+                # forward's parameters are named after the graph inputs
+                shapes = {s.name: dims(s) for s in specs}
                 torch.onnx.export(net, args, os.fspath(path), **names, dynamic_shapes=shapes, opset_version=opset or 18,
                                   dynamo=True, external_data=False, verbose=False)
             else:
