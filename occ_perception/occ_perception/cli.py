@@ -199,48 +199,57 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a network on a nuScenes-format dataset with Occ3D labels (single process or under torchrun)."""
     import os
+    from dataclasses import replace
+    from pathlib import Path
 
     import torch
 
-    from .data.occ3d import Augmentation
-    from .train import TrainConfig, class_weights_from_counts, label_counts, load_datasets, train
+    from .data.occ3d import Augmentation, DatasetError
+    from .train import (
+        TrainConfig,
+        TrainError,
+        class_weights_from_counts,
+        label_counts,
+        load_datasets,
+        train,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(
-        model=args.config, history=args.history, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup, min_lr_ratio=args.min_lr_ratio,
-        grad_clip=args.grad_clip, ema_decay=args.ema, amp=not args.no_amp, semantic_weight=args.semantic_weight,
-        flow_weight=args.flow_weight, mask=args.mask,
-        augmentation=Augmentation(scale_jitter=args.scale_jitter, crop_jitter=args.crop_jitter, flip_x=args.flip_x,
-                                  flip_y=args.flip_y),
-        seed=args.seed, shuffle=not args.no_shuffle, workers=args.workers, val_every=args.val_every,
-        val_samples=args.val_samples, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-        use_sweeps=args.sweeps,
-    )
-    train_set, val_set = load_datasets(cfg, args.data, args.version, args.val_data, args.val_version)
-    if args.class_weights:
+    try:
+        cfg = TrainConfig(
+            model=args.config, history=args.history, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, warmup_steps=args.warmup, min_lr_ratio=args.min_lr_ratio,
+            grad_clip=args.grad_clip, ema_decay=args.ema, amp=not args.no_amp, semantic_weight=args.semantic_weight,
+            flow_weight=args.flow_weight, mask=args.mask,
+            augmentation=Augmentation(scale_jitter=args.scale_jitter, crop_jitter=args.crop_jitter,
+                                      flip_x=args.flip_x, flip_y=args.flip_y),
+            seed=args.seed, shuffle=not args.no_shuffle, workers=args.workers, val_every=args.val_every,
+            val_samples=args.val_samples, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+            use_sweeps=args.sweeps,
+        )
+        train_set, val_set = load_datasets(cfg, args.data, args.version, args.val_data, args.val_version)
         if args.class_weights == 'auto':
-            weights = class_weights_from_counts(label_counts(train_set, cfg.mask))
-        else:
-            weights = tuple(float(v) for v in args.class_weights.split(','))
-        from dataclasses import replace
-
-        cfg = replace(cfg, class_weights=weights)
-    resume = args.resume
-    if resume == 'auto':
-        from pathlib import Path
-
-        resume = str(Path(args.out) / 'last.pt')
-    result = train(cfg, train_set, args.out, val_dataset=val_set, init=args.init, resume=resume,
-                   progress=not args.quiet, device=args.device)
+            cfg = replace(cfg, class_weights=class_weights_from_counts(label_counts(train_set, cfg.mask)))
+        elif args.class_weights:
+            try:
+                weights = tuple(float(v) for v in args.class_weights.split(','))
+            except ValueError:
+                raise CliError(f'--class-weights: expected auto or 18 comma-separated numbers, got {args.class_weights!r}')
+            cfg = replace(cfg, class_weights=weights)
+        resume = str(Path(args.out) / 'last.pt') if args.resume == 'auto' else args.resume
+        result = train(cfg, train_set, args.out, val_dataset=val_set, init=args.init, resume=resume,
+                       progress=not args.quiet, device=args.device)
+    except (TrainError, DatasetError) as err:
+        raise CliError(str(err)) from err
     if int(os.environ.get('RANK', '0')) == 0:
+        world = int(os.environ.get('WORLD_SIZE', '1'))
         print(f'trained {result.steps} steps on {len(train_set)} samples: last loss {result.last_loss:.4f}, '
-              f'throughput {result.samples_per_second:.3f} samples/s ({int(os.environ.get("WORLD_SIZE", "1"))} '
-              f'process(es))')
+              f'throughput {result.samples_per_second:.3f} samples/s ({world} process{"es" if world > 1 else ""}, '
+              f'global batch {cfg.batch_size * world})')
         if result.val_miou is not None:
             print(f'validation mIoU {result.val_miou:.4f}')
-        print(f'wrote {result.model_path} and the log {os.path.join(args.out, "log.jsonl")}')
+        print(f'wrote {result.model_path} and {Path(args.out) / "log.jsonl"}')
     return 0
 
 

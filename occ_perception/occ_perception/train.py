@@ -27,9 +27,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -246,22 +247,15 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 def _encode(net: OccNet, images: torch.Tensor, tables: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """One frame's BEV feature (C_bev, Y, X)."""
-    if hasattr(net, 'predict'):
-        return net.encode_bev(images, tables)
-    return net.encode_bev(images, *[tables[n] for n in net.table_names()])
+    return net.encode_bev(images, tables)
 
 
 def network_outputs(net: OccNet, images: torch.Tensor, tables: Mapping[str, torch.Tensor],
                     history_bev: torch.Tensor | None = None, history_theta: torch.Tensor | None = None,
                     history_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class logits (X, Y, Z, 18) and flow (X, Y, Z, 2) or None for one frame (uint8 images (N, H, W, 3))."""
-    if hasattr(net, 'predict'):
-        logits, flow, _ = net.predict(images, tables, history_bev, history_theta, history_valid)
-        return logits, flow
-    bev = _encode(net, images, tables).unsqueeze(0)
-    if net.history_warp is not None:
-        bev = torch.cat([bev, net.history_warp(history_bev, history_theta, history_valid)], dim=1)
-    return net.decode(bev)
+    logits, flow, _ = net.predict(images, tables, history_bev, history_theta, history_valid)
+    return logits, flow
 
 
 class _Step(nn.Module):
@@ -475,7 +469,8 @@ def evaluate(net: OccNet, dataset: Occ3DDataset, device: torch.device, limit: in
     """mIoU (Occ3D definition, mask_camera) of ``net`` on ``dataset`` (its first ``limit`` samples; 0 = all).
 
     Returns:
-        ``{'miou': float, 'per_class': list, 'samples': int}`` from :class:`occ_perception.metrics.MIoU`.
+        ``{'miou': float, 'per_class': [IoU of labels 0..17, None where absent], 'samples': int}``
+        from :class:`occ_perception.metrics.MIoU`.
     """
     from .metrics import MIoU
 
@@ -498,20 +493,8 @@ def evaluate(net: OccNet, dataset: Occ3DDataset, device: torch.device, limit: in
             metric.add(pred, sample.semantics, sample.mask_camera.astype(bool))
     net.train(was_training)
     result = metric.result()
-    return {'miou': float(_result_miou(result)), 'per_class': _result_per_class(result), 'samples': count}
-
-
-def _result_miou(result: Any) -> float:
-    if isinstance(result, Mapping):
-        return float(result['miou'])
-    return float(getattr(result, 'miou', result))
-
-
-def _result_per_class(result: Any) -> list[float | None]:
-    per = result.get('per_class') if isinstance(result, Mapping) else getattr(result, 'per_class', None)
-    if per is None:
-        return []
-    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in np.asarray(per).tolist()]
+    per_class = [None if math.isnan(v) else float(v) for v in result.iou.tolist()]
+    return {'miou': float(result.miou), 'per_class': per_class, 'samples': count}
 
 
 # -- plots ----------------------------------------------------------------------------------------------------------

@@ -23,15 +23,16 @@ history warps are flipped together.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .. import temporal
 from ..geometry import Transform, bev_warp_affine
-from ..grid import GridSpec
+from ..model.splat_tables import build_splat_tables
 from ..rig import NUSCENES_CHANNELS, ImageTransform, Rig, RigMatrices
 from ..temporal import TemporalConfig, bev_grid_for
 
@@ -43,6 +44,8 @@ __all__ = [
     'TrainSample',
     'flip_matrix',
     'jitter_transform',
+    'select_history',
+    'temporal_config_for',
     'transform_image',
 ]
 
@@ -158,7 +161,7 @@ def jitter_transform(base: ImageTransform, rng: np.random.Generator, aug: Augmen
     if aug.crop_jitter:
         crop_x += float(rng.uniform(-aug.crop_jitter, aug.crop_jitter))
         crop_y -= float(rng.uniform(0.0, aug.crop_jitter))
-    return ImageTransform(scale, int(round(crop_x)), int(round(crop_y)), base.out_width, base.out_height)
+    return replace(base, scale=scale, crop_x=round(crop_x), crop_y=round(crop_y))
 
 
 def transform_image(image: np.ndarray, t: ImageTransform) -> np.ndarray:
@@ -197,23 +200,12 @@ def _flip_theta(theta: np.ndarray, flip_x: bool, flip_y: bool) -> np.ndarray:
 
 
 def select_history(entry_stamps_ns: np.ndarray, stamp_ns: int, config: TemporalConfig) -> np.ndarray:
-    """Per history slot the index into ``entry_stamps_ns`` of the chosen frame, or -1: the runtime cache's choice.
-
-    Uses :func:`occ_perception.temporal.select_slots`; where that function is not
-    available, replays the candidates through a :class:`~occ_perception.temporal.BevCache`
-    (same selection by construction).
-    """
-    select = getattr(temporal, 'select_slots', None)
-    if select is not None:
-        return np.asarray(select(np.asarray(entry_stamps_ns, dtype=np.int64), int(stamp_ns), config), dtype=np.int64)
-    grid = GridSpec(lower=(-1.0, -1.0, 0.0), size=(2, 2, 1), voxel_size=1.0)
-    cache = temporal.BevCache(config, grid, (1, 2, 2))
-    pose = Transform.from_yaw(0.0)
-    for stamp in entry_stamps_ns:
-        cache.push(int(stamp), pose, np.zeros((1, 2, 2), np.float32))
-    chosen = cache.prepare(int(stamp_ns), pose).stamps_ns
-    index = {int(s): i for i, s in enumerate(entry_stamps_ns)}
-    return np.array([index.get(int(s), -1) if s else -1 for s in chosen], dtype=np.int64)
+    """Per history slot the index into ``entry_stamps_ns`` of the chosen frame, or -1: the runtime cache's choice
+    (:func:`occ_perception.temporal.select_slots`) over the frames kept for ``config.history_span``."""
+    stamps = np.asarray(entry_stamps_ns, dtype=np.int64).reshape(-1)
+    kept = np.flatnonzero(stamps >= int(stamp_ns) - round(config.history_span * temporal.NS))
+    chosen = temporal.select_slots(stamps[kept], int(stamp_ns), config)
+    return np.where(chosen >= 0, kept[np.maximum(chosen, 0)] if kept.size else -1, -1).astype(np.int64)
 
 
 def temporal_config_for(offsets: Sequence[float]) -> TemporalConfig:
@@ -229,7 +221,7 @@ class Occ3DDataset:
     Args:
         dataroot: folder with ``<version>/`` tables, ``samples/``, ``sweeps/`` and ``gts/``.
         image_size: network input (width, height) [px] (``ModelConfig.image_size``).
-        model_config: the network config, for building splat tables (``build_splat_tables``).
+        model_config: the network config (image size, grid, history offsets; splat tables are built for it).
         version: table folder name (``v1.0-mini``, ``v1.0-trainval``).
         scenes: scene names to use (None = all scenes that have labels).
         history_offsets: trained offsets [s] of the K history slots (``ModelConfig.history_offsets``).
@@ -380,8 +372,6 @@ class Occ3DDataset:
         Raises:
             DatasetError: unreadable images or labels.
         """
-        from ..model.splat import build_splat_tables
-
         frame, history = self.history_indices(index)
         rig = self.calibration(frame)
         aug = self.augmentation if rng is not None else Augmentation()
