@@ -71,7 +71,7 @@ setup(
     maintainer_email='maintainers@occ-perception.org',
     python_requires='>=3.10',
     packages=find_packages(exclude=['test', 'test.*']),
-    package_data={PACKAGE: ['msg/*.msg']},
+    package_data={PACKAGE: ['msg/*.msg', 'msg_foxglove/*.msg']},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
