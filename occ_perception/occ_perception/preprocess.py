@@ -25,8 +25,9 @@ rosbags and rclpy message classes both work. ``data`` may be a numpy array,
 from __future__ import annotations
 
 import array
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -378,7 +379,7 @@ class Preprocessor:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def __enter__(self) -> 'Preprocessor':
+    def __enter__(self) -> Preprocessor:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -405,7 +406,7 @@ def pil_baseline(jpegs: Sequence[bytes], transforms: Sequence[ImageTransform]) -
         with Image.open(io.BytesIO(bytes(data))) as img:
             rgb = img.convert('RGB')
             new_size = (int(rgb.width * tf.scale), int(rgb.height * tf.scale))
-            resized = rgb.resize(new_size, Image.BILINEAR)
+            resized = rgb.resize(new_size, Image.Resampling.BILINEAR)
             box = (tf.crop_x, tf.crop_y, tf.crop_x + tf.out_width, tf.crop_y + tf.out_height)
             out.append(np.asarray(resized.crop(box)))
     return np.ascontiguousarray(np.stack(out))

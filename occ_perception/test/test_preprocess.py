@@ -212,7 +212,7 @@ def test_errors_name_the_camera(rig, jpegs):
                                  step=1600, data=np.zeros(4800 * 900, np.uint8)), 'step 1600 is shorter'),
     }
     with Preprocessor(rig, OUT, threads=2) as pre:
-        for name, (msg, pattern) in cases.items():
+        for msg, pattern in cases.values():
             msgs = list(good)
             msgs[2] = msg
             with pytest.raises(PreprocessError, match=f"camera '{bad_cam}'.*{pattern}"):

@@ -1,0 +1,577 @@
+"""One frame's occupancy result (:class:`OccFrame`) to messages and pictures.
+
+Messages are built through a :class:`~occ_perception.messages.MessageTypes`
+resolver, so the same code serves the rosbags typestore's classes (tools,
+bags, tests) and the rclpy-generated classes (the node). Dense voxel data
+always travels as bytes; only the RViz markers build per-point objects, and
+only for surface voxels.
+
+Frames and conventions (DESIGN.md sections 3 and 4): everything is in the
+frame's ``frame_id`` (``base_link``: x forward, y left, z up), grids are
+indexed ``[x, y, z]`` with the origin at the minimum corner, flow is (vx, vy)
+in m/s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .grid import CLASSES, FREE_LABEL, UNOBSERVED_LABEL, GridSpec, class_colors
+from .messages import (
+    MessageTypes,
+    flow_from_dense,
+    make_occupancy_flow,
+    make_pointcloud2,
+    make_semantic_occupancy,
+    occupancy_points,
+)
+from .rig import FLASHOCC_CAMERA_ORDER
+
+__all__ = [
+    'DRIVABLE_LABELS',
+    'HEIGHT_BAND',
+    'OBSTACLE_LABELS',
+    'ROUGH_LABELS',
+    'OccFrame',
+    'OutputsError',
+    'costmap_msg',
+    'costmap_values',
+    'marker_array_msg',
+    'occupancy_flow_msg',
+    'pointcloud_msg',
+    'render_panel',
+    'save_png',
+    'semantic_occupancy_msg',
+    'surface_mask',
+    'top_view',
+    'voxel_grid_msg',
+    'voxel_grid_rgba',
+]
+
+# Occ3D labels: 0-10 objects, 11 driveable_surface, 12-14 flat ground, 15 manmade, 16 vegetation.
+OBSTACLE_LABELS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16)
+"""Classes that block the vehicle where they occupy its height band (everything but flat ground)."""
+DRIVABLE_LABELS: tuple[int, ...] = (11,)
+ROUGH_LABELS: tuple[int, ...] = (12, 13, 14)
+"""Observed flat ground that is not road (other_flat, sidewalk, terrain)."""
+HEIGHT_BAND: tuple[float, float] = (0.2, 2.0)
+"""z range [m] in ``base_link`` (ground at z = 0) that the vehicle's body sweeps."""
+
+# foxglove_msgs/PackedElementField.type values (NumericType of @foxglove/schemas)
+_FOXGLOVE_UINT8 = 1
+
+
+class OutputsError(ValueError):
+    """An OccFrame's arrays do not fit its grid, or an output parameter is invalid."""
+
+
+@dataclass(kw_only=True)
+class OccFrame:
+    """The result of one synchronised frame.
+
+    Attributes:
+        stamp_ns: the frame's stamp (the CAM_FRONT image stamp) [ns].
+        frame_id: frame of the grid, ``base_link``.
+        grid: the voxel grid.
+        labels: (X, Y, Z) uint8 class labels (17 free; 255 unobserved in ground truth).
+        confidence: (X, Y, Z) uint8, round(255 * max class probability), or None.
+        flow: (X, Y, Z, 2) float32 (vx, vy) [m/s] in ``frame_id`` axes, or None.
+        timings: stage name -> duration [s].
+        reset_reason: why the temporal cache was reset at this frame, or None.
+
+    Raises:
+        OutputsError: an array's shape or dtype does not fit the grid.
+    """
+
+    stamp_ns: int
+    frame_id: str = 'base_link'
+    grid: GridSpec
+    labels: np.ndarray
+    confidence: np.ndarray | None = None
+    flow: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    reset_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, Any, Any, tuple[int, ...]]] = [('labels', self.labels, np.uint8, ())]
+        if self.confidence is not None:
+            checks.append(('confidence', self.confidence, np.uint8, ()))
+        if self.flow is not None:
+            checks.append(('flow', self.flow, np.float32, (2,)))
+        for name, values, dtype, trailing in checks:
+            if not isinstance(values, np.ndarray) or values.dtype != dtype:
+                got = values.dtype if isinstance(values, np.ndarray) else type(values).__name__
+                raise OutputsError(f'OccFrame.{name}: expected a {np.dtype(dtype)} numpy array, got {got}')
+            if tuple(values.shape) != self.grid.shape + trailing:
+                raise OutputsError(
+                    f'OccFrame.{name}: expected shape {self.grid.shape + trailing} (the grid), got {values.shape}'
+                )
+
+
+# ---------------------------------------------------------------------------
+# voxel selections
+
+
+def _occupied(labels: np.ndarray, free_label: int = FREE_LABEL) -> np.ndarray:
+    return (labels != free_label) & (labels != UNOBSERVED_LABEL)
+
+
+def surface_mask(labels: np.ndarray, free_label: int = FREE_LABEL) -> np.ndarray:
+    """Occupied voxels with at least one free or unobserved 6-neighbour; the grid border counts as exposed.
+
+    Args:
+        labels: (X, Y, Z) uint8.
+
+    Returns:
+        (X, Y, Z) bool: the voxels a viewer can see from outside, not the filled volume.
+    """
+    occ = _occupied(labels, free_label)
+    padded = np.zeros(tuple(n + 2 for n in occ.shape), dtype=bool)
+    padded[1:-1, 1:-1, 1:-1] = occ
+    inner = occ.copy()
+    inner &= padded[2:, 1:-1, 1:-1]
+    inner &= padded[:-2, 1:-1, 1:-1]
+    inner &= padded[1:-1, 2:, 1:-1]
+    inner &= padded[1:-1, :-2, 1:-1]
+    inner &= padded[1:-1, 1:-1, 2:]
+    inner &= padded[1:-1, 1:-1, :-2]
+    return occ & ~inner
+
+
+# ---------------------------------------------------------------------------
+# occ_perception_msgs and PointCloud2
+
+
+def semantic_occupancy_msg(frame: OccFrame, types: MessageTypes) -> Any:
+    """``occ_perception_msgs/SemanticOccupancy`` of the frame (labels and confidence as bytes)."""
+    return make_semantic_occupancy(types, frame.stamp_ns, frame.frame_id, frame.grid, frame.labels, frame.confidence)
+
+
+def occupancy_flow_msg(frame: OccFrame, types: MessageTypes) -> Any | None:
+    """``occ_perception_msgs/OccupancyFlow`` of the occupied voxels, or None when the frame has no flow."""
+    if frame.flow is None:
+        return None
+    indices, velocity = flow_from_dense(frame.labels, frame.flow)
+    return make_occupancy_flow(types, frame.stamp_ns, frame.frame_id, frame.grid, indices, velocity)
+
+
+def pointcloud_msg(frame: OccFrame, types: MessageTypes, surface_only: bool = True) -> Any:
+    """sensor_msgs/PointCloud2 (x, y, z, rgb, label, vx, vy; voxel centres [m]) of the occupied voxels.
+
+    Args:
+        surface_only: keep only :func:`surface_mask` voxels, so RViz draws surfaces, not filled volumes.
+    """
+    labels = frame.labels
+    if surface_only:
+        labels = np.where(surface_mask(labels), labels, np.uint8(FREE_LABEL))
+    points = occupancy_points(frame.grid, labels, frame.flow)
+    return make_pointcloud2(types, frame.stamp_ns, frame.frame_id, points)
+
+
+# ---------------------------------------------------------------------------
+# MarkerArray
+
+
+def _pose(types: MessageTypes, xyz: Sequence[float] = (0.0, 0.0, 0.0)) -> Any:
+    position = types.make('geometry_msgs/msg/Point', x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+    orientation = types.make('geometry_msgs/msg/Quaternion', x=0.0, y=0.0, z=0.0, w=1.0)
+    return types.make('geometry_msgs/msg/Pose', position=position, orientation=orientation)
+
+
+def _points(types: MessageTypes, xyz: np.ndarray) -> list:
+    """geometry_msgs/Point objects of (N, 3) coordinates; the one unavoidable per-point Python step."""
+    point = types.resolve('geometry_msgs/msg/Point')
+    cols = xyz.astype(np.float64).T.tolist()
+    if types.flavor == 'numpy':  # rosbags dataclasses take positional fields (x, y, z)
+        return list(map(point, *cols))
+    return [point(x=x, y=y, z=z) for x, y, z in zip(*cols)]
+
+
+def _marker(types: MessageTypes, header: Any, ns: str, marker_id: int, kind: int, action: int, scale: Sequence[float],
+            rgba: Sequence[float], points: list) -> Any:
+    return types.make(
+        'visualization_msgs/msg/Marker',
+        header=header,
+        ns=ns,
+        id=int(marker_id),
+        type=int(kind),
+        action=int(action),
+        pose=_pose(types),
+        scale=types.make('geometry_msgs/msg/Vector3', x=float(scale[0]), y=float(scale[1]), z=float(scale[2])),
+        color=types.make('std_msgs/msg/ColorRGBA', r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]),
+                         a=float(rgba[3])),
+        lifetime=types.make('builtin_interfaces/msg/Duration', sec=0, nanosec=0),
+        frame_locked=False,
+        points=points,
+        colors=[],
+        texture_resource='',
+        texture=types.make('sensor_msgs/msg/CompressedImage', header=header, format='', data=types.pack(np.zeros(0, np.uint8), 'uint8')),
+        uv_coordinates=[],
+        text='',
+        mesh_resource='',
+        mesh_file=types.make('visualization_msgs/msg/MeshFile', filename='', data=types.pack(np.zeros(0, np.uint8), 'uint8')),
+        mesh_use_embedded_materials=False,
+    )
+
+
+def _moving_columns(frame: OccFrame, min_speed: float) -> tuple[np.ndarray, np.ndarray]:
+    """(ix, iy, iz) of the highest occupied voxel moving faster than ``min_speed`` in each column, and its (vx, vy)."""
+    assert frame.flow is not None
+    speed = np.hypot(frame.flow[..., 0], frame.flow[..., 1])
+    moving = _occupied(frame.labels) & (speed > min_speed)
+    columns = moving.any(axis=2)
+    ix, iy = np.nonzero(columns)
+    top = frame.grid.shape[2] - 1 - np.argmax(moving[ix, iy, ::-1], axis=1)
+    return np.stack([ix, iy, top], axis=1), frame.flow[ix, iy, top]
+
+
+def marker_array_msg(
+    frame: OccFrame,
+    types: MessageTypes,
+    ns: str = 'occupancy',
+    min_speed: float = 0.5,
+    arrow_seconds: float = 1.0,
+    alpha: float = 1.0,
+) -> Any:
+    """visualization_msgs/MarkerArray for RViz.
+
+    Markers: a DELETEALL first (stale classes vanish), then one CUBE_LIST per class present among the
+    surface voxels (:func:`surface_mask`), in the class colour, cube edge = voxel size, namespace ``ns``,
+    id = label; then, when the frame has flow, one LINE_LIST (namespace ``ns + '/flow'``) with a segment per
+    (x, y) column holding an occupied voxel faster than ``min_speed`` [m/s], from the centre of the highest
+    such voxel along its velocity for ``arrow_seconds`` [s].
+    """
+    header = types.header(frame.stamp_ns, frame.frame_id)
+    marker_cls = types.resolve('visualization_msgs/msg/Marker')
+    markers = [_marker(types, header, ns, 0, marker_cls.CUBE_LIST, marker_cls.DELETEALL, (1, 1, 1), (0, 0, 0, 0), [])]
+    surface = surface_mask(frame.labels)
+    flat = np.flatnonzero(surface)
+    labels = frame.labels.reshape(-1)[flat]
+    order = np.argsort(labels, kind='stable')
+    flat, labels = flat[order], labels[order]
+    centers = frame.grid.flat_centers(flat)
+    present, starts = np.unique(labels, return_index=True)
+    ends = np.append(starts[1:], labels.size)
+    v = frame.grid.voxel_size
+    colors = class_colors().astype(np.float64) / 255.0
+    for label, a, b in zip(present.tolist(), starts.tolist(), ends.tolist()):
+        rgba = (*colors[label], alpha)
+        markers.append(
+            _marker(types, header, ns, label, marker_cls.CUBE_LIST, marker_cls.ADD, (v, v, v), rgba,
+                    _points(types, centers[a:b]))
+        )
+    if frame.flow is not None:
+        idx, vel = _moving_columns(frame, min_speed)
+        start = np.asarray(frame.grid.lower) + (idx + 0.5) * v
+        end = start.copy()
+        end[:, :2] += vel * arrow_seconds
+        segments = np.stack([start, end], axis=1).reshape(-1, 3)
+        markers.append(
+            _marker(types, header, f'{ns}/flow', 0, marker_cls.LINE_LIST, marker_cls.ADD, (0.1 * v, 0, 0),
+                    (1.0, 1.0, 1.0, 1.0), _points(types, segments))
+        )
+    return types.make('visualization_msgs/msg/MarkerArray', markers=markers)
+
+
+# ---------------------------------------------------------------------------
+# nav_msgs/OccupancyGrid
+
+
+def costmap_values(
+    labels: np.ndarray,
+    grid: GridSpec,
+    confidence: np.ndarray | None = None,
+    obstacle_labels: Sequence[int] = OBSTACLE_LABELS,
+    height_band: tuple[float, float] = HEIGHT_BAND,
+    rough_labels: Sequence[int] = ROUGH_LABELS,
+    rough_cost: int = 50,
+) -> np.ndarray:
+    """The grid flattened to a 2-D cost per (x, y) column, (X, Y) int8.
+
+    A voxel is observed when its label is not 255 and (where confidence is given) its confidence is not 0
+    (voxels only a failed camera could see). Per column: 100 where an observed voxel overlapping
+    ``height_band`` ([z_min, z_max) in metres of ``base_link``) has an obstacle label; otherwise -1 where no
+    voxel is observed; otherwise ``rough_cost`` where observed flat ground of ``rough_labels`` (sidewalk,
+    terrain, other flat) is present and no drivable surface; otherwise 0 (drivable or free).
+
+    Raises:
+        OutputsError: an empty or inverted height band, or a cost outside 0..100.
+    """
+    z_min, z_max = height_band
+    if not z_max > z_min:
+        raise OutputsError(f'costmap height_band: expected (z_min, z_max) with z_max > z_min, got {height_band}')
+    if not 0 <= int(rough_cost) <= 100:
+        raise OutputsError(f'costmap rough_cost: expected 0..100, got {rough_cost}')
+    grid.check_array(labels, 'costmap labels')
+    z_lo = grid.lower[2] + np.arange(grid.shape[2]) * grid.voxel_size
+    eps = 1e-6 * grid.voxel_size  # a voxel that only touches the band's edge is outside it
+    band = (z_lo < z_max - eps) & (z_lo + grid.voxel_size > z_min + eps)
+    observed = labels != UNOBSERVED_LABEL
+    if confidence is not None:
+        grid.check_array(confidence, 'costmap confidence')
+        observed &= confidence > 0
+    table = np.zeros(256, dtype=bool)
+    table[list(obstacle_labels)] = True
+    obstacle = (table[labels[:, :, band]] & observed[:, :, band]).any(axis=2)
+    table[:] = False
+    table[list(rough_labels)] = True
+    rough = (table[labels] & observed).any(axis=2)
+    table[:] = False
+    table[list(DRIVABLE_LABELS)] = True
+    drivable = (table[labels] & observed).any(axis=2)
+    cost = np.zeros(grid.shape[:2], dtype=np.int8)
+    cost[rough & ~drivable] = rough_cost
+    cost[~observed.any(axis=2)] = -1
+    cost[obstacle] = 100
+    return cost
+
+
+def costmap_msg(frame: OccFrame, types: MessageTypes, **params: Any) -> Any:
+    """nav_msgs/OccupancyGrid of :func:`costmap_values` (keyword ``params`` go there).
+
+    Layout (nav_msgs/OccupancyGrid): ``data`` row-major, width = size_x columns along x, height = size_y
+    rows along y, so cell (ix, iy) is ``data[iy * size_x + ix]``; ``info.origin`` is the grid's minimum
+    corner in x and y, at z = 0 (the ground of ``base_link``), identity orientation.
+    """
+    cost = costmap_values(frame.labels, frame.grid, frame.confidence, **params)
+    sx, sy, _ = frame.grid.shape
+    header = types.header(frame.stamp_ns, frame.frame_id)
+    info = types.make(
+        'nav_msgs/msg/MapMetaData',
+        map_load_time=header.stamp,
+        resolution=float(frame.grid.voxel_size),
+        width=sx,
+        height=sy,
+        origin=_pose(types, (frame.grid.lower[0], frame.grid.lower[1], 0.0)),
+    )
+    return types.make('nav_msgs/msg/OccupancyGrid', header=header, info=info, data=types.pack(cost.T, 'int8'))
+
+
+# ---------------------------------------------------------------------------
+# foxglove_msgs/VoxelGrid
+
+
+def voxel_grid_rgba(labels: np.ndarray, alpha: int = 255, free_label: int = FREE_LABEL) -> np.ndarray:
+    """RGBA bytes of every voxel in Z-Y-X order (foxglove VoxelGrid ``data``), (Z, Y, X, 4) uint8.
+
+    Class colours with ``alpha``; free and unobserved voxels are transparent (alpha 0).
+    """
+    table = np.zeros((256, 4), dtype=np.uint8)
+    table[:, :3] = class_colors()
+    table[:, 3] = alpha
+    table[free_label, 3] = 0
+    table[UNOBSERVED_LABEL, 3] = 0
+    packed = table.view(np.uint32).reshape(256)  # one 4-byte RGBA word per label, byte order kept
+    zyx = np.take(packed, labels.transpose(2, 1, 0))
+    return zyx.view(np.uint8).reshape(zyx.shape + (4,))
+
+
+def voxel_grid_msg(frame: OccFrame, types: MessageTypes, alpha: int = 255) -> Any:
+    """foxglove_msgs/msg/VoxelGrid (Foxglove SDK schema) of the frame, RGBA per voxel.
+
+    Columns along x (``column_count`` = size_x), rows along y (``row_count`` = size_y), slices along z;
+    ``cell_stride`` 4, ``row_stride`` 4 * size_x, ``slice_stride`` 4 * size_x * size_y; ``pose`` is the
+    grid's minimum corner; fields red, green, blue, alpha (UINT8) at offsets 0..3.
+    """
+    sx, sy, _ = frame.grid.shape
+    v = float(frame.grid.voxel_size)
+    sec, nanosec = divmod(int(frame.stamp_ns), 1_000_000_000)
+    fields = [
+        types.make('foxglove_msgs/msg/PackedElementField', name=name, offset=i, type=_FOXGLOVE_UINT8)
+        for i, name in enumerate(('red', 'green', 'blue', 'alpha'))
+    ]
+    return types.make(
+        'foxglove_msgs/msg/VoxelGrid',
+        timestamp=types.make('builtin_interfaces/msg/Time', sec=sec, nanosec=nanosec),
+        frame_id=frame.frame_id,
+        pose=_pose(types, frame.grid.lower),
+        row_count=sy,
+        column_count=sx,
+        cell_size=types.make('geometry_msgs/msg/Vector3', x=v, y=v, z=v),
+        slice_stride=4 * sx * sy,
+        row_stride=4 * sx,
+        cell_stride=4,
+        fields=fields,
+        data=types.pack(voxel_grid_rgba(frame.labels, alpha).reshape(-1), 'uint8'),
+    )
+
+
+# ---------------------------------------------------------------------------
+# PNG panels
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_BACKGROUND = (32, 32, 32)
+_EMPTY_COLUMN = (70, 70, 70)
+
+
+def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.55, color=(255, 255, 255)) -> None:
+    """Text with its baseline at ``org`` on a dark box, legible on any picture."""
+    (w, h), base = cv2.getTextSize(text, _FONT, scale, 1)
+    x, y = org
+    cv2.rectangle(img, (x - 3, y - h - 3), (x + w + 3, y + base), _BACKGROUND, -1)
+    cv2.putText(img, text, org, _FONT, scale, color, 1, cv2.LINE_AA)
+
+
+def top_view(labels: np.ndarray, scale: int = 3, free_label: int = FREE_LABEL) -> np.ndarray:
+    """Top view (X * scale, Y * scale, 3) uint8 RGB: the highest non-free, observed class of each column.
+
+    Image rows run along x descending (front, +x, up) and columns along y descending (left, +y, on the
+    left), as seen from above. Columns without any occupied voxel are grey.
+    """
+    occupied = _occupied(labels, free_label)
+    top = labels.shape[2] - 1 - np.argmax(occupied[:, :, ::-1], axis=2)
+    label = np.take_along_axis(labels, top[..., None], axis=2)[..., 0]
+    img = class_colors()[label]
+    img[~occupied.any(axis=2)] = _EMPTY_COLUMN
+    img = img[::-1, ::-1]
+    return np.ascontiguousarray(np.repeat(np.repeat(img, scale, axis=0), scale, axis=1))
+
+
+def _to_view(grid: GridSpec, xy: np.ndarray, scale: int) -> np.ndarray:
+    """Metric (x, y) [m] to (col, row) pixel coordinates of :func:`top_view`."""
+    upper = grid.upper
+    row = (upper[0] - xy[..., 0]) / grid.voxel_size * scale
+    col = (upper[1] - xy[..., 1]) / grid.voxel_size * scale
+    return np.stack([col, row], axis=-1)
+
+
+def _draw_ego(img: np.ndarray, grid: GridSpec, scale: int) -> None:
+    """A white arrow-shaped marker at the ego origin pointing forward (+x, up)."""
+    corners = np.array([[2.5, 0.0], [-1.5, 1.0], [-1.5, -1.0]])  # metres: nose, rear left, rear right
+    pix = np.round(_to_view(grid, corners, scale)).astype(np.int32)
+    cv2.fillPoly(img, [pix], (255, 255, 255), cv2.LINE_AA)
+    cv2.polylines(img, [pix], True, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def _draw_flow(img: np.ndarray, labels: np.ndarray, flow: np.ndarray, grid: GridSpec, scale: int,
+               min_speed: float, stride: int, seconds: float) -> None:
+    frame = OccFrame(stamp_ns=0, grid=grid, labels=labels, flow=flow)
+    idx, vel = _moving_columns(frame, min_speed)
+    keep = (idx[:, 0] % stride == 0) & (idx[:, 1] % stride == 0)
+    idx, vel = idx[keep], vel[keep]
+    start_xy = np.asarray(grid.lower[:2]) + (idx[:, :2] + 0.5) * grid.voxel_size
+    start = _to_view(grid, start_xy, scale)
+    end = _to_view(grid, start_xy + vel * seconds, scale)
+    for (c0, r0), (c1, r1) in zip(np.round(start).astype(int).tolist(), np.round(end).astype(int).tolist()):
+        cv2.arrowedLine(img, (c0, r0), (c1, r1), (255, 255, 255), 1, cv2.LINE_AA, tipLength=0.3)
+
+
+def _legend(labels_present: Sequence[int], height: int, width: int) -> np.ndarray:
+    img = np.full((height, width, 3), _BACKGROUND, dtype=np.uint8)
+    _text(img, 'classes', (10, 24), 0.6)
+    colors = class_colors()
+    for i, label in enumerate(labels_present):
+        y = 44 + 24 * i
+        cv2.rectangle(img, (10, y), (30, y + 16), tuple(int(c) for c in colors[label]), -1)
+        cv2.rectangle(img, (10, y), (30, y + 16), (200, 200, 200), 1)
+        _text(img, f'{label} {CLASSES[label].name}', (38, y + 14), 0.5)
+    y = 44 + 24 * len(labels_present) + 10
+    cv2.rectangle(img, (10, y), (30, y + 16), _EMPTY_COLUMN, -1)
+    _text(img, 'no occupied voxel', (38, y + 14), 0.5)
+    return img
+
+
+def _camera_block(images: np.ndarray, names: Sequence[str], width: int) -> np.ndarray:
+    """Cameras in rig order (front-left, front, front-right, back-left, back, back-right) as 2 x 3 tiles."""
+    n, h, w = images.shape[:3]
+    tile_w = width // 3
+    tile_h = round(h * tile_w / w)
+    tiles = []
+    for i in range(6):
+        if i < n:
+            tile = cv2.resize(images[i], (tile_w, tile_h), interpolation=cv2.INTER_AREA)
+            _text(tile, names[i], (8, 22))
+        else:
+            tile = np.full((tile_h, tile_w, 3), _BACKGROUND, np.uint8)
+        tiles.append(tile)
+    block = np.concatenate([np.concatenate(tiles[:3], axis=1), np.concatenate(tiles[3:], axis=1)], axis=0)
+    out = np.full((block.shape[0], width, 3), _BACKGROUND, np.uint8)
+    out[:, : block.shape[1]] = block
+    return out
+
+
+def render_panel(
+    images: np.ndarray | None,
+    gt_labels: np.ndarray | None,
+    pred_labels: np.ndarray,
+    pred_flow: np.ndarray | None,
+    grid: GridSpec,
+    title: str,
+    camera_names: Sequence[str] = FLASHOCC_CAMERA_ORDER,
+    scale: int = 3,
+    min_speed: float = 0.5,
+) -> np.ndarray:
+    """A picture of one frame: cameras on top, ground-truth and predicted top views below, legend.
+
+    Args:
+        images: (6, H, W, 3) uint8 RGB in rig order (front-left, front, front-right, back-left, back,
+            back-right: drawn as two rows of three), or None.
+        gt_labels: (X, Y, Z) uint8 ground truth, or None. pred_labels: (X, Y, Z) uint8.
+        pred_flow: (X, Y, Z, 2) float [m/s] drawn as arrows (every 4th column, speed above ``min_speed``,
+            length = 1 s of motion) on the prediction, or None.
+        grid: the voxel grid. title: text at the top. scale: pixels per voxel in the top views.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    Raises:
+        OutputsError: an array does not fit the grid or the images are not (N <= 6, H, W, 3) uint8.
+    """
+    for name, arr in (('gt_labels', gt_labels), ('pred_labels', pred_labels)):
+        if arr is not None and (tuple(arr.shape) != grid.shape or arr.dtype != np.uint8):
+            raise OutputsError(f'render_panel {name}: expected {grid.shape} uint8, got {arr.shape} {arr.dtype}')
+    if pred_flow is not None and tuple(pred_flow.shape) != grid.shape + (2,):
+        raise OutputsError(f'render_panel pred_flow: expected {grid.shape + (2,)}, got {pred_flow.shape}')
+    views = []
+    present: set[int] = set()
+    for name, labels in (('ground truth', gt_labels), ('prediction', pred_labels)):
+        if labels is None:
+            continue
+        view = top_view(labels, scale)
+        _draw_ego(view, grid, scale)
+        if name == 'prediction' and pred_flow is not None:
+            _draw_flow(view, labels, pred_flow.astype(np.float32, copy=False), grid, scale, min_speed, 4, 1.0)
+        _text(view, name, (8, 22), 0.7)
+        views.append(view)
+        lab = labels[_occupied(labels)]
+        present |= set(np.unique(lab).tolist())
+    legend_w = 260
+    bev = np.concatenate(views, axis=1)
+    bev = np.concatenate([bev, _legend(sorted(present), bev.shape[0], legend_w)], axis=1)
+    width = bev.shape[1]
+    header = np.full((70, width, 3), _BACKGROUND, np.uint8)
+    _text(header, title, (10, 28), 0.8)
+    _text(header, 'top views: front (+x) up, left (+y) left, ego at the white marker, '
+                  'highest occupied class per column; arrows: flow over 1 s', (10, 56), 0.5, (210, 210, 210))
+    parts = [header]
+    if images is not None:
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[0] > 6 or images.shape[3] != 3 or images.dtype != np.uint8:
+            raise OutputsError(f'render_panel images: expected (N <= 6, H, W, 3) uint8, got {images.shape} '
+                               f'{images.dtype}')
+        parts.append(_camera_block(images, list(camera_names), width))
+    parts.append(bev)
+    return np.ascontiguousarray(np.concatenate(parts, axis=0))
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write an (H, W, 3) uint8 RGB image as PNG; returns the path.
+
+    Raises:
+        OutputsError: the array is not an RGB image or the file cannot be written.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise OutputsError(f'save_png: expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}')
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode('.png', cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OutputsError(f'save_png: cannot encode the image for {path}')
+    path.write_bytes(buf.tobytes())
+    return path
