@@ -343,6 +343,31 @@ class Occ3DDataset:
         chosen = select_history(stamps, frame.stamp_ns, self.temporal)
         return frame, [cand[int(i)] if i >= 0 else None for i in chosen]
 
+    def keyframes(self, scene_index: int) -> list[Frame]:
+        """The keyframes (samples) of scene ``scene_index`` (an index into :attr:`frames`), in time order,
+        labelled or not."""
+        return [f for f in self.frames[scene_index] if f.keyframe]
+
+    def has_labels(self, frame: Frame) -> bool:
+        """True when the keyframe has a ``gts/<scene>/<token>/labels.npz``."""
+        return frame.keyframe and self.label_path(frame).is_file()
+
+    def lidar_translation(self, frame: Frame) -> tuple[float, float, float]:
+        """The LIDAR_TOP mounting position in base_link [m] of a keyframe (its ``calibrated_sensor`` translation).
+
+        Raises:
+            DatasetError: the frame is not a keyframe or its sample has no LIDAR_TOP sample_data.
+        """
+        if not frame.keyframe:
+            raise DatasetError(f'frame {frame.token} of {frame.scene}: not a keyframe, so no LIDAR_TOP calibration')
+        sample = self.nusc.get('sample', frame.token)
+        if 'LIDAR_TOP' not in sample['data']:
+            raise DatasetError(f'sample {frame.token} of {frame.scene}: no LIDAR_TOP sample_data')
+        record = self.nusc.get('sample_data', sample['data']['LIDAR_TOP'])
+        calibration = self.nusc.get('calibrated_sensor', record['calibrated_sensor_token'])
+        x, y, z = (float(v) for v in calibration['translation'])
+        return (x, y, z)
+
     def load_labels(self, frame: Frame) -> dict[str, np.ndarray]:
         """``semantics``, ``mask_camera``, ``mask_lidar`` (X, Y, Z) uint8 and ``flow`` (X, Y, Z, 2) if present.
 
