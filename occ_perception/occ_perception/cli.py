@@ -40,6 +40,9 @@ EXPECTED_ERRORS: tuple[tuple[str, str], ...] = (
     ('occ_perception.data.synth_world', 'WorldError'),
     ('occ_perception.data.synth_render', 'RenderError'),
     ('occ_perception.data.synth_gt', 'GroundTruthError'),
+    ('occ_perception.preprocess', 'PreprocessError'),
+    ('occ_perception.pipeline', 'PipelineError'),
+    ('occ_perception.evaluate', 'EvalError'),
 )
 
 
@@ -263,6 +266,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run a model over a dataset split through the pipeline; write metrics (JSON, Markdown) and a confusion PNG."""
+    from .evaluate import run_eval
+    from .model.config import get_config
+
+    if args.max_frames is not None and args.max_frames < 1:
+        raise CliError(f'--max-frames: expected at least 1, got {args.max_frames}')
+    config = get_config(args.config, history=args.history)
+    result = run_eval(args.model, config, args.backend, args.dataroot, args.out, version=args.version,
+                      scenes=args.scenes, split=args.split, use_history=not args.no_history,
+                      max_frames=args.max_frames, threads=args.threads, mask=args.mask, progress=not args.quiet)
+    report = result.report
+    print(report.to_markdown(), end='')
+    fps = report.extra.get('frames_per_second')
+    if fps is not None:
+        print(f'- speed: {fps:.2f} frames/s ({result.frames} frames through the pipeline, {args.backend})')
+    print('wrote ' + ', '.join(str(p) for p in result.paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog='occ-perception', description=__doc__.splitlines()[0])
     parser.add_argument('--version', action='version', version=f'occ_perception {__version__}')
@@ -366,6 +389,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument('--device', choices=['cpu', 'cuda'], help='default: cuda if available')
     tr.add_argument('--quiet', action='store_true', help='no progress bar')
     tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser('eval', help='evaluate a model on a dataset split through the pipeline (mIoU, RayIoU, mAVE)')
+    ev.add_argument('--model', required=True, help='checkpoint (.pt, --backend torch), ONNX or TensorRT engine')
+    ev.add_argument('--config', default='tiny', choices=sorted(CONFIGS), help='the model\'s config (default tiny)')
+    ev.add_argument('--history', type=int, default=None,
+                    help='K history BEV features of the model (default: the config\'s, 0)')
+    ev.add_argument('--backend', choices=['onnxruntime', 'torch', 'tensorrt'], default='onnxruntime')
+    ev.add_argument('--dataroot', required=True, help='nuScenes-format dataroot with Occ3D labels under gts/')
+    ev.add_argument('--version', default='v1.0-mini', help='table folder of --dataroot (default v1.0-mini)')
+    which = ev.add_mutually_exclusive_group()
+    which.add_argument('--scenes', nargs='+', metavar='NAME', help='scene names (default: every scene with labels)')
+    which.add_argument('--split', help='a nuScenes split (val, mini_val, ...) or all')
+    ev.add_argument('--mask', choices=['camera', 'lidar', 'none'], default='camera', help='mIoU visibility mask')
+    ev.add_argument('--no-history', action='store_true', help='feed a temporal model empty history (ablation)')
+    ev.add_argument('--max-frames', type=int, default=None, help='stop after N frames')
+    ev.add_argument('--threads', type=int, default=0, help='backend CPU threads (0 = library default)')
+    ev.add_argument('--out', required=True, help='folder for metrics.json, metrics.md and confusion.png')
+    ev.add_argument('--quiet', action='store_true', help='no progress bar')
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 
