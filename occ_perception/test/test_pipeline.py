@@ -10,8 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from rosbags.typesys import Stores, get_typestore
-
 from occ_perception.data.synth_nuscenes import SynthConfig, generate_dataset
 from occ_perception.geometry import Transform, bev_warp_affine
 from occ_perception.model.checkpoint import save_checkpoint
@@ -23,6 +21,7 @@ from occ_perception.preprocess import Preprocessor
 from occ_perception.rig import Camera, Rig
 from occ_perception.runtime.base import Backend
 from occ_perception.temporal import bev_grid_for
+from rosbags.typesys import Stores, get_typestore
 
 STORE = get_typestore(Stores.ROS2_JAZZY)
 CompressedImage = STORE.types['sensor_msgs/msg/CompressedImage']
