@@ -302,3 +302,29 @@ def test_load_model_errors(models, tmp_path):
     # a backend of another config handed to the pipeline directly
     with pytest.raises(PipelineError, match='history_bev'):
         OccPipeline(load_model(onnx0, cfg0), cfg2)
+
+
+def test_non_square_off_centre_grid_through_the_torch_backend(world):
+    """A 160 x 96 grid not centred on the ego: the cache's (C, Y, X) features and the outputs follow the grid."""
+    from dataclasses import replace
+
+    from occ_perception.grid import GridSpec
+    from occ_perception.runtime.torch_backend import TorchBackend
+
+    ds, scenes = world
+    grid = GridSpec(lower=(-20.0, -16.0, -1.0), size=(160, 96, 16), voxel_size=0.4)
+    cfg = replace(get_config('tiny', history=2), grid=grid)
+    torch.manual_seed(3)
+    net = OccNet(cfg).eval()
+    rec = Recording(TorchBackend(net, net.input_specs(), net.output_names()))
+    pipe = OccPipeline(rec, cfg)
+    assert pipe.feature_shape == (cfg.context_channels, 96, 160)
+    rig = ds.calibration(scenes[0][0])
+    outs = [pipe.process(_jpegs(f), f.pose, rig, stamp_ns=T0 + i * NS // 2) for i, f in enumerate(scenes[0][:2])]
+    assert outs[1].labels.shape == (160, 96, 16) and outs[1].flow.shape == (160, 96, 16, 2)
+    assert outs[1].grid == grid
+    assert rec.feeds[1]['history_valid'].tolist() == [1.0, 0.0]
+    np.testing.assert_array_equal(rec.feeds[1]['history_bev'][0], rec.results[0]['bev_feature'])
+    bev_grid = bev_grid_for(grid, pipe.feature_shape)
+    np.testing.assert_allclose(rec.feeds[1]['history_theta'][0],
+                               bev_warp_affine(scenes[0][0].pose, scenes[0][1].pose, bev_grid)[:2], rtol=1e-6)
