@@ -42,6 +42,9 @@ EXPECTED_ERRORS: tuple[tuple[str, str], ...] = (
     ('occ_perception.data.synth_gt', 'GroundTruthError'),
     ('occ_perception.metrics', 'MetricsError'),
     ('occ_perception.raycast', 'RaycastError'),
+    ('occ_perception.preprocess', 'PreprocessError'),
+    ('occ_perception.pipeline', 'PipelineError'),
+    ('occ_perception.evaluate', 'EvalError'),
 )
 
 
@@ -230,6 +233,83 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a network on a nuScenes-format dataset with Occ3D labels (single process or under torchrun)."""
+    import os
+    from dataclasses import replace
+    from pathlib import Path
+
+    import torch
+
+    from .data.occ3d import Augmentation, DatasetError
+    from .train import (
+        TrainConfig,
+        TrainError,
+        class_weights_from_counts,
+        label_counts,
+        load_datasets,
+        train,
+    )
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = TrainConfig(
+            model=args.config, history=args.history, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, warmup_steps=args.warmup, min_lr_ratio=args.min_lr_ratio,
+            grad_clip=args.grad_clip, ema_decay=args.ema, amp=not args.no_amp, semantic_weight=args.semantic_weight,
+            flow_weight=args.flow_weight, mask=args.mask,
+            augmentation=Augmentation(scale_jitter=args.scale_jitter, crop_jitter=args.crop_jitter,
+                                      flip_x=args.flip_x, flip_y=args.flip_y),
+            seed=args.seed, shuffle=not args.no_shuffle, workers=args.workers, val_every=args.val_every,
+            val_samples=args.val_samples, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+            use_sweeps=args.sweeps,
+        )
+        train_set, val_set = load_datasets(cfg, args.data, args.version, args.val_data, args.val_version)
+        if args.class_weights == 'auto':
+            cfg = replace(cfg, class_weights=class_weights_from_counts(label_counts(train_set, cfg.mask)))
+        elif args.class_weights:
+            try:
+                weights = tuple(float(v) for v in args.class_weights.split(','))
+            except ValueError:
+                raise CliError(f'--class-weights: expected auto or 18 comma-separated numbers, got {args.class_weights!r}')
+            cfg = replace(cfg, class_weights=weights)
+        resume = str(Path(args.out) / 'last.pt') if args.resume == 'auto' else args.resume
+        result = train(cfg, train_set, args.out, val_dataset=val_set, init=args.init, resume=resume,
+                       progress=not args.quiet, device=args.device)
+    except (TrainError, DatasetError) as err:
+        raise CliError(str(err)) from err
+    if int(os.environ.get('RANK', '0')) == 0:
+        world = int(os.environ.get('WORLD_SIZE', '1'))
+        print(f'trained {result.steps} steps on {len(train_set)} samples: last loss {result.last_loss:.4f}, '
+              f'throughput {result.samples_per_second:.3f} samples/s ({world} process{"es" if world > 1 else ""}, '
+              f'global batch {cfg.batch_size * world})')
+        if result.val_miou is not None:
+            print(f'validation mIoU {result.val_miou:.4f}')
+        print(f'wrote {result.model_path} and {Path(args.out) / "log.jsonl"}')
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run a model over a dataset split through the pipeline; write metrics (JSON, Markdown) and a confusion PNG."""
+    from .evaluate import run_eval
+    from .model.config import get_config
+
+    if args.max_frames is not None and args.max_frames < 1:
+        raise CliError(f'--max-frames: expected at least 1, got {args.max_frames}')
+    config = get_config(args.config, history=args.history)
+    result = run_eval(args.model, config, args.backend, args.dataroot, args.out, version=args.version,
+                      scenes=args.scenes, split=args.split, use_history=not args.no_history,
+                      max_frames=args.max_frames, threads=args.threads, mask=args.mask, progress=not args.quiet)
+    report = result.report
+    print(report.to_markdown(), end='')
+    fps = report.extra.get('frames_per_second')
+    if fps is not None:
+        print(f'- speed: {fps:.2f} frames/s ({result.frames} frames through the pipeline, {args.backend})')
+    print('wrote ' + ', '.join(str(p) for p in result.paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog='occ-perception', description=__doc__.splitlines()[0])
     parser.add_argument('--version', action='version', version=f'occ_perception {__version__}')
@@ -306,6 +386,66 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--threads', type=int, default=0, help='onnxruntime intra-op threads (0 = default)')
     bench.add_argument('--skip-m0', action='store_true', help='leave out the slow M0 end-to-end figure')
     bench.set_defaults(func=cmd_bench)
+
+    tr = sub.add_parser('train', help='train a network (torchrun --nproc_per_node N for DDP)')
+    tr.add_argument('--data', required=True, help='nuScenes-format dataroot with gts/ (Occ3D labels)')
+    tr.add_argument('--version', default='v1.0-mini', help='table folder of --data (default v1.0-mini)')
+    tr.add_argument('--val-data', help='validation dataroot (mIoU every --val-every steps and at the end)')
+    tr.add_argument('--val-version', help='table folder of --val-data (default: --version)')
+    tr.add_argument('--out', required=True, help='output folder: last.pt, model.pt, log.jsonl, loss.png')
+    tr.add_argument('--config', default='tiny', choices=sorted(CONFIGS))
+    tr.add_argument('--history', type=int, default=2, help='K history BEV features (default 2: 0.5 s and 1.0 s)')
+    tr.add_argument('--steps', type=int, default=1000)
+    tr.add_argument('--batch-size', type=int, default=1, help='samples per process per step')
+    tr.add_argument('--lr', type=float, default=2e-4, help='peak AdamW learning rate')
+    tr.add_argument('--weight-decay', type=float, default=1e-2)
+    tr.add_argument('--warmup', type=int, default=100, help='linear warm-up steps')
+    tr.add_argument('--min-lr-ratio', type=float, default=0.01, help='cosine decay ends at lr * this')
+    tr.add_argument('--grad-clip', type=float, default=5.0, help='max gradient norm (0 = off)')
+    tr.add_argument('--ema', type=float, default=0.0, help='EMA decay of the weights, e.g. 0.999 (0 = off)')
+    tr.add_argument('--no-amp', action='store_true', help='no mixed precision on CUDA')
+    tr.add_argument('--semantic-weight', type=float, default=1.0)
+    tr.add_argument('--flow-weight', type=float, default=0.1)
+    tr.add_argument('--mask', choices=['camera', 'lidar', 'none'], default='camera', help='per-voxel loss weight')
+    tr.add_argument('--class-weights', help="'auto' (from the training labels) or 18 comma-separated weights")
+    tr.add_argument('--scale-jitter', type=float, default=0.0, help='relative image scale jitter, e.g. 0.06')
+    tr.add_argument('--crop-jitter', type=int, default=0, help='crop jitter [px of the network image]')
+    tr.add_argument('--flip-x', type=float, default=0.0, help='probability of a BEV flip in x')
+    tr.add_argument('--flip-y', type=float, default=0.0, help='probability of a BEV flip in y')
+    tr.add_argument('--sweeps', action='store_true', help='camera sweeps as history candidates too')
+    tr.add_argument('--seed', type=int, default=0)
+    tr.add_argument('--no-shuffle', action='store_true', help='keep the dataset order')
+    tr.add_argument('--workers', type=int, default=0, help='data loader processes per training process')
+    tr.add_argument('--threads', type=int, default=0, help='torch threads per process (0 = torch default)')
+    tr.add_argument('--val-every', type=int, default=0, help='validate every N steps (0 = at the end only)')
+    tr.add_argument('--val-samples', type=int, default=0, help='validate on the first N samples (0 = all)')
+    tr.add_argument('--checkpoint-every', type=int, default=0, help='write last.pt/model.pt every N steps')
+    tr.add_argument('--log-every', type=int, default=10, help='JSONL record every N steps')
+    tr.add_argument('--init', help='our model checkpoint to start from (e.g. from import-flashocc)')
+    tr.add_argument('--resume', nargs='?', const='auto',
+                    help='continue from a last.pt (default: OUT/last.pt)')
+    tr.add_argument('--device', choices=['cpu', 'cuda'], help='default: cuda if available')
+    tr.add_argument('--quiet', action='store_true', help='no progress bar')
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser('eval', help='evaluate a model on a dataset split through the pipeline (mIoU, RayIoU, mAVE)')
+    ev.add_argument('--model', required=True, help='checkpoint (.pt, --backend torch), ONNX or TensorRT engine')
+    ev.add_argument('--config', default='tiny', choices=sorted(CONFIGS), help='the model\'s config (default tiny)')
+    ev.add_argument('--history', type=int, default=None,
+                    help='K history BEV features of the model (default: the config\'s, 0)')
+    ev.add_argument('--backend', choices=['onnxruntime', 'torch', 'tensorrt'], default='onnxruntime')
+    ev.add_argument('--dataroot', required=True, help='nuScenes-format dataroot with Occ3D labels under gts/')
+    ev.add_argument('--version', default='v1.0-mini', help='table folder of --dataroot (default v1.0-mini)')
+    which = ev.add_mutually_exclusive_group()
+    which.add_argument('--scenes', nargs='+', metavar='NAME', help='scene names (default: every scene with labels)')
+    which.add_argument('--split', help='a nuScenes split (val, mini_val, ...) or all')
+    ev.add_argument('--mask', choices=['camera', 'lidar', 'none'], default='camera', help='mIoU visibility mask')
+    ev.add_argument('--no-history', action='store_true', help='feed a temporal model empty history (ablation)')
+    ev.add_argument('--max-frames', type=int, default=None, help='stop after N frames')
+    ev.add_argument('--threads', type=int, default=0, help='backend CPU threads (0 = library default)')
+    ev.add_argument('--out', required=True, help='folder for metrics.json, metrics.md and confusion.png')
+    ev.add_argument('--quiet', action='store_true', help='no progress bar')
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 
