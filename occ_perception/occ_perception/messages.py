@@ -499,6 +499,7 @@ def make_pointcloud2(types: MessageTypes, stamp_ns: int, frame_id: str, points: 
     """
     if points.dtype != POINT_DTYPE:
         raise MessagesError(f'points: expected the POINT_DTYPE layout {POINT_DTYPE}, got {points.dtype}')
+    assert POINT_DTYPE.names is not None and POINT_DTYPE.fields is not None  # a structured dtype
     fields = []
     for name in POINT_DTYPE.names:
         fmt, offset = POINT_DTYPE.fields[name][0], POINT_DTYPE.fields[name][1]

@@ -312,7 +312,7 @@ def _write_scene(
     rig = Rig.nuscenes(int(cfg.width), int(cfg.height))
     channels_of = {c: rig.camera(c.lower()) for c in CAMERA_CHANNELS}
     lidar_cal = NUSCENES_CALIBRATION[LIDAR]
-    lidar_to_ego = Transform(lidar_cal['rotation'], lidar_cal['translation'])
+    lidar_to_ego = Transform(lidar_cal['rotation'], np.asarray(lidar_cal['translation'], dtype=np.float64))
     lidar_spec = LidarSpec()
     seed = int(cfg.seed)
     sensor_token = {ch: _token(seed, 'sensor', ch) for ch in (*CAMERA_CHANNELS, LIDAR)}

@@ -402,7 +402,7 @@ def _shade(world: World, centers, yaws, origin, dirs, t, prim) -> tuple[np.ndarr
         base = world.prim_color.astype(np.float32)[pid]
         n1 = _noise(horiz * 8.0, vert * 8.0, seed)
         n2 = _noise(horiz * 60.0, vert * 60.0, seed + 7)
-        tex = 0.85 + 0.2 * n1 + 0.1 * n2
+        tex = 0.85 + 0.2 * n1 + 0.1 * n2  # type: ignore[assignment]  # float64 here, as the rendering always was
         fol = np.flatnonzero(style == STYLE_FOLIAGE)
         if fol.size:
             f1 = _noise(lx[fol] * 14.0 + lz[fol] * 9.0, ly[fol] * 14.0 - lz[fol] * 11.0, seed[fol])

@@ -633,11 +633,11 @@ def generate_world(
             r = rng.random()
             if r < 0.18:
                 zone = rng.uniform(10, 25)
-                kind = rng.random()
+                pick = rng.random()
                 u = 0.0
                 while u < zone:
                     (c,), (th,) = road.frame(np.array([s + u]), np.array([pc]))
-                    if kind < 0.5:
+                    if pick < 0.5:
                         col = _vary(rng, (200, 200, 195) if rng.random() < 0.6 else (200, 60, 40), 0.08)
                         static_box_object(L['barrier'], 'movable_object.barrier', c[0], c[1], th, (2.0, 0.6, 1.0),
                                           col, STYLE_STRIPES)
@@ -648,14 +648,14 @@ def generate_world(
                         u += rng.uniform(1.5, 3.0)
                 s += zone + rng.uniform(3, 10)
             elif r < 0.75:
-                kind = rng.random()
-                if kind < 0.75:
+                pick = rng.random()
+                if pick < 0.75:
                     s_len = _vehicle(b, rng, 'car', follow=True, s0=s, rate=0.0, d=pc, rear=True,
                                      flip=float(rng.choice([0.0, np.pi])), attribute='vehicle.parked')
-                elif kind < 0.85:
+                elif pick < 0.85:
                     s_len = _vehicle(b, rng, 'truck', follow=True, s0=s, rate=0.0, d=pc, rear=True, flip=0.0,
                                      attribute='vehicle.parked')
-                elif kind < 0.92:
+                elif pick < 0.92:
                     s_len = _vehicle(b, rng, 'trailer', follow=True, s0=s, rate=0.0, d=pc, rear=True, flip=0.0,
                                      attribute='vehicle.parked')
                 else:

@@ -75,6 +75,11 @@ class ResNet(nn.Module):
     forward: (N, 3, H, W) -> ((N, C3, H/16, W/16), (N, C4, H/32, W/32)).
     """
 
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, blocks: tuple[int, int, int, int], bottleneck: bool = True, width: int = 64) -> None:
         super().__init__()
         block = Bottleneck if bottleneck else BasicBlock

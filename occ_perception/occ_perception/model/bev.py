@@ -99,6 +99,8 @@ class HistoryWarp(nn.Module):
     ``history_valid`` 0 contributes zeros.
     """
 
+    base_grid: torch.Tensor
+
     def __init__(self, bev_size: tuple[int, int]) -> None:
         super().__init__()
         x_size, y_size = bev_size

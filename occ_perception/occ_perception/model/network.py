@@ -91,6 +91,9 @@ class OccNet(nn.Module):
     - :meth:`tables_from`: the splat tables of a feed dict, in forward order.
     """
 
+    image_mean: torch.Tensor
+    image_std: torch.Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config

@@ -144,7 +144,7 @@ def export_onnx(net: Any, path: str | os.PathLike[str], rig: Any = None, opset: 
     specs = net.input_specs()
     feeds = sample_inputs(net, rig)
     args = tuple(torch.from_numpy(feeds[s.name]) for s in specs)
-    names = dict(input_names=[s.name for s in specs], output_names=list(net.output_names()))
+    names: dict[str, Any] = dict(input_names=[s.name for s in specs], output_names=list(net.output_names()))
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter('ignore')
