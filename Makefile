@@ -8,7 +8,7 @@ PYTHON310 ?= $(shell for p in $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/pytho
 	$$p -c 'import venv' >/dev/null 2>&1 && { command -v $$p; break; }; done)
 COMPAT := .venv-py310
 
-.PHONY: test test-main test-compat demo bench venv clean
+.PHONY: test lint test-main test-compat demo bench venv clean
 
 venv: $(STAMP)
 
@@ -20,7 +20,13 @@ $(STAMP): occ_perception/setup.py constraints.txt occ_perception/test/requiremen
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r occ_perception/test/requirements-modelopt.txt
 	touch $@
 
-test: test-main test-compat
+test: lint test-main test-compat
+
+# ruff (lint and format check; ruff.toml) and mypy (occ_perception/setup.cfg) over the whole package
+lint: $(STAMP)
+	$(VENV)/bin/ruff check occ_perception/occ_perception occ_perception/test occ_perception/launch
+	$(VENV)/bin/ruff format --check occ_perception/occ_perception occ_perception/test occ_perception/launch
+	cd occ_perception && ../$(VENV)/bin/mypy
 
 # pytest runs inside occ_perception/: from the repository root that folder (the ament
 # package, no __init__.py) would shadow the Python package of the same name.
