@@ -1,6 +1,6 @@
 """Launch occ_node with the package's default parameters.
 
-    ros2 launch occ_perception occ.launch.py [params_file:=...] [namespace:=...]
+ros2 launch occ_perception occ.launch.py [params_file:=...] [namespace:=...]
 """
 
 import os

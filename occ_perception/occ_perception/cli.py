@@ -145,7 +145,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
         raise CliError(f'no ONNX file at {args.onnx!r} (make one with `occ-perception export`)')
     nuscenes = Rig.nuscenes()
     if not 1 <= args.cameras <= len(nuscenes):
-        raise CliError(f'--cameras: expected 1 to {len(nuscenes)} (the nuScenes rig\'s cameras), got {args.cameras}')
+        raise CliError(f"--cameras: expected 1 to {len(nuscenes)} (the nuScenes rig's cameras), got {args.cameras}")
     config = get_config(args.config, history=args.history)
     net = OccNet(config)
     rig = Rig(nuscenes.cameras[: args.cameras])
@@ -155,8 +155,14 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     # tables get headroom for a recalibrated rig; images (this camera count) and history keep exact shapes
     exact = ('images', 'history_bev', 'history_theta', 'history_valid')
     ranges = shape_ranges(inputs, feeds, headroom=args.headroom, exact=exact)
-    path = build_engine(args.onnx, ranges, precision=args.precision, workspace_bytes=int(args.workspace_gb * (1 << 30)),
-                        rebuild=args.rebuild, calibration_feeds=feeds)
+    path = build_engine(
+        args.onnx,
+        ranges,
+        precision=args.precision,
+        workspace_bytes=int(args.workspace_gb * (1 << 30)),
+        rebuild=args.rebuild,
+        calibration_feeds=feeds,
+    )
     print(f'engine: {path}')
     return 0
 
@@ -198,14 +204,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise CliError(f'--{str(err).replace("_", "-")}') from err
     report = generate_dataset(cfg, progress=not args.quiet)
     key = report.keyframe_seconds
-    print(f'wrote {len(report.scene_names)} scene(s), {len(key)} keyframes to {report.out} '
-          f'in {report.total_seconds:.1f} s')
-    print(f'  per keyframe (6 cameras {cfg.width}x{cfg.height}, lidar, ground truth, files): '
-          f'mean {sum(key) / len(key):.2f} s, max {max(key):.2f} s')
+    print(
+        f'wrote {len(report.scene_names)} scene(s), {len(key)} keyframes to {report.out} '
+        f'in {report.total_seconds:.1f} s'
+    )
+    print(
+        f'  per keyframe (6 cameras {cfg.width}x{cfg.height}, lidar, ground truth, files): '
+        f'mean {sum(key) / len(key):.2f} s, max {max(key):.2f} s'
+    )
     if report.sweep_seconds:
         sw = report.sweep_seconds
-        print(f'  per sweep frame (1 camera): mean {sum(sw) / len(sw):.3f} s; {len(sw)} frames, {sum(sw):.1f} s '
-              f'(x{sum(sw) / max(sum(key), 1e-9):.1f} the keyframe cost)')
+        print(
+            f'  per sweep frame (1 camera): mean {sum(sw) / len(sw):.3f} s; {len(sw)} frames, {sum(sw):.1f} s '
+            f'(x{sum(sw) / max(sum(key), 1e-9):.1f} the keyframe cost)'
+        )
     for name, classes in zip(report.scene_names, report.classes):
         print(f'  {name}: {len(classes)} of 17 classes in the ground truth')
     return 0
@@ -255,14 +267,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         cfg = TrainConfig(
-            model=args.config, history=args.history, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, warmup_steps=args.warmup, min_lr_ratio=args.min_lr_ratio,
-            grad_clip=args.grad_clip, ema_decay=args.ema, amp=not args.no_amp, semantic_weight=args.semantic_weight,
-            flow_weight=args.flow_weight, mask=args.mask,
-            augmentation=Augmentation(scale_jitter=args.scale_jitter, crop_jitter=args.crop_jitter,
-                                      flip_x=args.flip_x, flip_y=args.flip_y),
-            seed=args.seed, shuffle=not args.no_shuffle, workers=args.workers, val_every=args.val_every,
-            val_samples=args.val_samples, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+            model=args.config,
+            history=args.history,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup,
+            min_lr_ratio=args.min_lr_ratio,
+            grad_clip=args.grad_clip,
+            ema_decay=args.ema,
+            amp=not args.no_amp,
+            semantic_weight=args.semantic_weight,
+            flow_weight=args.flow_weight,
+            mask=args.mask,
+            augmentation=Augmentation(
+                scale_jitter=args.scale_jitter, crop_jitter=args.crop_jitter, flip_x=args.flip_x, flip_y=args.flip_y
+            ),
+            seed=args.seed,
+            shuffle=not args.no_shuffle,
+            workers=args.workers,
+            val_every=args.val_every,
+            val_samples=args.val_samples,
+            checkpoint_every=args.checkpoint_every,
+            log_every=args.log_every,
             use_sweeps=args.sweeps,
         )
         train_set, val_set = load_datasets(cfg, args.data, args.version, args.val_data, args.val_version)
@@ -272,18 +300,30 @@ def cmd_train(args: argparse.Namespace) -> int:
             try:
                 weights = tuple(float(v) for v in args.class_weights.split(','))
             except ValueError:
-                raise CliError(f'--class-weights: expected auto or 18 comma-separated numbers, got {args.class_weights!r}')
+                raise CliError(
+                    f'--class-weights: expected auto or 18 comma-separated numbers, got {args.class_weights!r}'
+                ) from None
             cfg = replace(cfg, class_weights=weights)
         resume = str(Path(args.out) / 'last.pt') if args.resume == 'auto' else args.resume
-        result = train(cfg, train_set, args.out, val_dataset=val_set, init=args.init, resume=resume,
-                       progress=not args.quiet, device=args.device)
+        result = train(
+            cfg,
+            train_set,
+            args.out,
+            val_dataset=val_set,
+            init=args.init,
+            resume=resume,
+            progress=not args.quiet,
+            device=args.device,
+        )
     except (TrainError, DatasetError) as err:
         raise CliError(str(err)) from err
     if int(os.environ.get('RANK', '0')) == 0:
         world = int(os.environ.get('WORLD_SIZE', '1'))
-        print(f'trained {result.steps} steps on {len(train_set)} samples: last loss {result.last_loss:.4f}, '
-              f'throughput {result.samples_per_second:.3f} samples/s ({world} process{"es" if world > 1 else ""}, '
-              f'global batch {cfg.batch_size * world})')
+        print(
+            f'trained {result.steps} steps on {len(train_set)} samples: last loss {result.last_loss:.4f}, '
+            f'throughput {result.samples_per_second:.3f} samples/s ({world} process{"es" if world > 1 else ""}, '
+            f'global batch {cfg.batch_size * world})'
+        )
         if result.val_miou is not None:
             print(f'validation mIoU {result.val_miou:.4f}')
         print(f'wrote {result.model_path} and {Path(args.out) / "log.jsonl"}')
@@ -298,9 +338,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise CliError(f'--max-frames: expected at least 1, got {args.max_frames}')
     config = get_config(args.config, history=args.history)
-    result = run_eval(args.model, config, args.backend, args.dataroot, args.out, version=args.version,
-                      scenes=args.scenes, split=args.split, use_history=not args.no_history,
-                      max_frames=args.max_frames, threads=args.threads, mask=args.mask, progress=not args.quiet)
+    result = run_eval(
+        args.model,
+        config,
+        args.backend,
+        args.dataroot,
+        args.out,
+        version=args.version,
+        scenes=args.scenes,
+        split=args.split,
+        use_history=not args.no_history,
+        max_frames=args.max_frames,
+        threads=args.threads,
+        mask=args.mask,
+        progress=not args.quiet,
+    )
     report = result.report
     print(report.to_markdown(), end='')
     fps = report.extra.get('frames_per_second')
@@ -321,29 +373,42 @@ def build_parser() -> argparse.ArgumentParser:
     synth = sub.add_parser('synth', help='synthetic nuScenes-format dataset with Occ3D ground truth and flow')
     synth.add_argument('--out', required=True, help='output folder (dataroot)')
     synth.add_argument('--scenes', type=int, default=2, help='number of scenes (default 2)')
-    synth.add_argument('--seconds', type=float, default=10.0,
-                       help='scene length in seconds (default 10; 2 keyframes per second)')
+    synth.add_argument(
+        '--seconds', type=float, default=10.0, help='scene length in seconds (default 10; 2 keyframes per second)'
+    )
     synth.add_argument('--seed', type=int, default=0, help='dataset seed (default 0)')
     synth.add_argument('--width', type=int, default=800, help='image width in pixels (default 800)')
     synth.add_argument('--height', type=int, default=450, help='image height in pixels (default 450)')
     synth.add_argument('--sweeps', action='store_true', help='also render the 12 Hz camera sweeps between keyframes')
-    synth.add_argument('--version', dest='version_name', default='v1.0-mini',
-                       help='name of the table folder (default v1.0-mini)')
+    synth.add_argument(
+        '--version', dest='version_name', default='v1.0-mini', help='name of the table folder (default v1.0-mini)'
+    )
     synth.add_argument('--jpeg-quality', type=int, default=90, help='JPEG quality 1..100 (default 90)')
-    synth.add_argument('--jobs', type=int, default=1,
-                       help='worker processes, one scene each (default 1; 2 halves the time of 2 scenes on 2 cores)')
+    synth.add_argument(
+        '--jobs',
+        type=int,
+        default=1,
+        help='worker processes, one scene each (default 1; 2 halves the time of 2 scenes on 2 cores)',
+    )
     synth.add_argument('--quiet', action='store_true', help='no progress bar')
     synth.set_defaults(func=cmd_synth)
 
     conv = sub.add_parser('convert', help='nuScenes (+ Occ3D ground truth and flow) to rosbag2 MCAP, one bag per scene')
     conv.add_argument('root', help='nuScenes dataroot (holds VERSION/*.json, samples/, sweeps/)')
     conv.add_argument('--version', dest='version_name', default='v1.0-mini', help='table folder (default v1.0-mini)')
-    conv.add_argument('--gts', help='Occ3D ground-truth folder (GTS/<scene>/<sample token>/labels.npz); '
-                      'without it no ground-truth topics are written')
+    conv.add_argument(
+        '--gts',
+        help='Occ3D ground-truth folder (GTS/<scene>/<sample token>/labels.npz); '
+        'without it no ground-truth topics are written',
+    )
     conv.add_argument('--out', required=True, help='output folder; one bag folder per scene is created in it')
     conv.add_argument('--scenes', nargs='+', metavar='NAME', help='scene names to convert (default: all)')
-    conv.add_argument('--distro', choices=['jazzy', 'humble'], default='jazzy',
-                      help='ROS 2 distro whose message definitions and bag format are written (default jazzy)')
+    conv.add_argument(
+        '--distro',
+        choices=['jazzy', 'humble'],
+        default='jazzy',
+        help='ROS 2 distro whose message definitions and bag format are written (default jazzy)',
+    )
     conv.add_argument('--lidar', action='store_true', help='also write LIDAR_TOP as PointCloud2 on /lidar_top/points')
     conv.add_argument('--no-compress', action='store_true', help='do not zstd-compress the MCAP chunks')
     conv.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -361,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser('export', help='export a network to ONNX')
     exp.add_argument('--config', required=True, choices=sorted(CONFIGS))
-    exp.add_argument('--history', type=int, default=None, help='K cached BEV features (default: the config\'s, 0)')
+    exp.add_argument('--history', type=int, default=None, help="K cached BEV features (default: the config's, 0)")
     exp.add_argument('--checkpoint', help='our checkpoint (.pt) from import-flashocc or train')
     exp.add_argument('--seed', type=int, default=0, help='seed of random weights when no checkpoint is given')
     exp.add_argument('--out', required=True, help='output .onnx')
@@ -371,11 +436,17 @@ def build_parser() -> argparse.ArgumentParser:
     eng = sub.add_parser('build-engine', help='build (or find cached) the TensorRT engine of an ONNX file')
     eng.add_argument('onnx', help='ONNX file from `occ-perception export`')
     eng.add_argument('--config', required=True, choices=sorted(CONFIGS), help='the config it was exported with')
-    eng.add_argument('--history', type=int, default=None, help='K it was exported with (default: the config\'s)')
+    eng.add_argument('--history', type=int, default=None, help="K it was exported with (default: the config's)")
     eng.add_argument('--precision', choices=['fp16', 'fp32'], default='fp16')
-    eng.add_argument('--headroom', type=float, default=2.0, help='largest splat table length as a multiple of the nuScenes rig\'s')
-    eng.add_argument('--cameras', type=int, default=6,
-                     help='cameras the engine is built for (the first N of the nuScenes rig; default 6)')
+    eng.add_argument(
+        '--headroom', type=float, default=2.0, help="largest splat table length as a multiple of the nuScenes rig's"
+    )
+    eng.add_argument(
+        '--cameras',
+        type=int,
+        default=6,
+        help='cameras the engine is built for (the first N of the nuScenes rig; default 6)',
+    )
     eng.add_argument('--workspace-gb', type=float, default=4.0, help='builder workspace memory limit [GiB]')
     eng.add_argument('--rebuild', action='store_true', help='build even if the cache holds an engine for this key')
     eng.set_defaults(func=cmd_build_engine)
@@ -422,17 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument('--checkpoint-every', type=int, default=0, help='write last.pt/model.pt every N steps')
     tr.add_argument('--log-every', type=int, default=10, help='JSONL record every N steps')
     tr.add_argument('--init', help='our model checkpoint to start from (e.g. from import-flashocc)')
-    tr.add_argument('--resume', nargs='?', const='auto',
-                    help='continue from a last.pt (default: OUT/last.pt)')
+    tr.add_argument('--resume', nargs='?', const='auto', help='continue from a last.pt (default: OUT/last.pt)')
     tr.add_argument('--device', choices=['cpu', 'cuda'], help='default: cuda if available')
     tr.add_argument('--quiet', action='store_true', help='no progress bar')
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser('eval', help='evaluate a model on a dataset split through the pipeline (mIoU, RayIoU, mAVE)')
     ev.add_argument('--model', required=True, help='checkpoint (.pt, --backend torch), ONNX or TensorRT engine')
-    ev.add_argument('--config', default='tiny', choices=sorted(CONFIGS), help='the model\'s config (default tiny)')
-    ev.add_argument('--history', type=int, default=None,
-                    help='K history BEV features of the model (default: the config\'s, 0)')
+    ev.add_argument('--config', default='tiny', choices=sorted(CONFIGS), help="the model's config (default tiny)")
+    ev.add_argument(
+        '--history', type=int, default=None, help="K history BEV features of the model (default: the config's, 0)"
+    )
     ev.add_argument('--backend', choices=['onnxruntime', 'torch', 'tensorrt'], default='onnxruntime')
     ev.add_argument('--dataroot', required=True, help='nuScenes-format dataroot with Occ3D labels under gts/')
     ev.add_argument('--version', default='v1.0-mini', help='table folder of --dataroot (default v1.0-mini)')

@@ -30,8 +30,16 @@ from .grid import CLASS_NAMES, NUM_CLASSES
 from .metrics import MetricsReport, MIoU, MIoUResult, RayMetrics, lidar_origins
 from .outputs import OccFrame
 
-__all__ = ['MASKS', 'EvalError', 'EvalResult', 'evaluate', 'plot_confusion', 'run_eval', 'split_scenes',
-           'write_outputs']
+__all__ = [
+    'MASKS',
+    'EvalError',
+    'EvalResult',
+    'evaluate',
+    'plot_confusion',
+    'run_eval',
+    'split_scenes',
+    'write_outputs',
+]
 
 MASKS: tuple[str, ...] = ('camera', 'lidar', 'none')
 """Visibility masks for mIoU: the label file's ``mask_camera``, ``mask_lidar``, or every voxel."""
@@ -82,13 +90,21 @@ def split_scenes(split: str, available: Sequence[str]) -> list[str]:
         raise EvalError(f'--split: expected all or one of {sorted(splits)}, got {split!r}')
     chosen = sorted(set(splits[split]) & set(available))
     if not chosen:
-        raise EvalError(f'--split {split}: none of its {len(splits[split])} scenes is in this dataset '
-                        f'(it has {sorted(available)[:5]}{"..." if len(available) > 5 else ""}); use --scenes')
+        raise EvalError(
+            f'--split {split}: none of its {len(splits[split])} scenes is in this dataset '
+            f'(it has {sorted(available)[:5]}{"..." if len(available) > 5 else ""}); use --scenes'
+        )
     return chosen
 
 
-def evaluate(pipeline: Any, dataset: Any, mask: str = 'camera', max_frames: int | None = None,
-             progress: bool = False, on_frame: Callable[[Any, OccFrame], None] | None = None) -> EvalResult:
+def evaluate(
+    pipeline: Any,
+    dataset: Any,
+    mask: str = 'camera',
+    max_frames: int | None = None,
+    progress: bool = False,
+    on_frame: Callable[[Any, OccFrame], None] | None = None,
+) -> EvalResult:
     """Run every keyframe of ``dataset`` through ``pipeline`` and accumulate the metrics.
 
     Scenes in the dataset's order (by name), keyframes in time order; the pipeline's
@@ -177,15 +193,21 @@ def evaluate(pipeline: Any, dataset: Any, mask: str = 'camera', max_frames: int 
     m, r = miou.result(), rays.result()
     report = MetricsReport.from_results(m, r, frames=scored)
     seconds = float(stage.get('total', 0.0))
-    report.extra.update({
-        'frames_run': frames,
-        'frames_per_second': frames / seconds if seconds > 0 else None,
-        'timings_ms': {k: 1000.0 * v / frames for k, v in sorted(stage.items()) if k != 'tables'},
-        'cache_resets': dict(sorted(resets.items())),
-        'mask': mask,
-        'confusion': {'rows': 'prediction', 'columns': 'ground truth', 'classes': list(CLASS_NAMES),
-                      'counts': m.confusion.tolist()},
-    })
+    report.extra.update(
+        {
+            'frames_run': frames,
+            'frames_per_second': frames / seconds if seconds > 0 else None,
+            'timings_ms': {k: 1000.0 * v / frames for k, v in sorted(stage.items()) if k != 'tables'},
+            'cache_resets': dict(sorted(resets.items())),
+            'mask': mask,
+            'confusion': {
+                'rows': 'prediction',
+                'columns': 'ground truth',
+                'classes': list(CLASS_NAMES),
+                'counts': m.confusion.tolist(),
+            },
+        }
+    )
     return EvalResult(report, m, frames, scored, seconds, dict(stage), dict(resets))
 
 
@@ -227,8 +249,15 @@ def plot_confusion(confusion: np.ndarray, path: str | os.PathLike[str], title: s
     rows, cols = np.nonzero(np.isfinite(share) & (share >= 0.005))
     for i, j in zip(rows, cols):
         value = share[i, j] * 100.0
-        ax.text(float(j), float(i), f'{value:.0f}', ha='center', va='center', fontsize=7,
-                color='white' if value > 55 else 'black')
+        ax.text(
+            float(j),
+            float(i),
+            f'{value:.0f}',
+            ha='center',
+            va='center',
+            fontsize=7,
+            color='white' if value > 55 else 'black',
+        )
     ax.set_title(title or 'confusion matrix (row-normalised, % of each ground-truth class)', fontsize=11)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label='% of the ground-truth row')
     fig.tight_layout()
@@ -271,10 +300,21 @@ def write_outputs(result: EvalResult, out_dir: str | os.PathLike[str]) -> dict[s
     return paths
 
 
-def run_eval(model: str | os.PathLike[str], config: Any, backend: str, dataroot: str | os.PathLike[str],
-             out_dir: str | os.PathLike[str], version: str = 'v1.0-mini', scenes: Sequence[str] | None = None,
-             split: str | None = None, use_history: bool = True, max_frames: int | None = None, threads: int = 0,
-             mask: str = 'camera', progress: bool = True) -> EvalResult:
+def run_eval(
+    model: str | os.PathLike[str],
+    config: Any,
+    backend: str,
+    dataroot: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    version: str = 'v1.0-mini',
+    scenes: Sequence[str] | None = None,
+    split: str | None = None,
+    use_history: bool = True,
+    max_frames: int | None = None,
+    threads: int = 0,
+    mask: str = 'camera',
+    progress: bool = True,
+) -> EvalResult:
     """Load a model and a dataset, :func:`evaluate`, and :func:`write_outputs` (the ``eval`` command).
 
     Args:
@@ -322,14 +362,19 @@ def run_eval(model: str | os.PathLike[str], config: Any, backend: str, dataroot:
     finally:
         pipeline.close()
         net.close()
-    result.report.extra.update({
-        'model': os.fspath(model),
-        'backend': backend,
-        'config': config.name,
-        'history': config.history,
-        'use_history': bool(use_history),
-        'dataset': {'dataroot': os.fspath(dataroot), 'version': version,
-                    'scenes': sorted({f.scene for frames in dataset.frames for f in frames})},
-    })
+    result.report.extra.update(
+        {
+            'model': os.fspath(model),
+            'backend': backend,
+            'config': config.name,
+            'history': config.history,
+            'use_history': bool(use_history),
+            'dataset': {
+                'dataroot': os.fspath(dataroot),
+                'version': version,
+                'scenes': sorted({f.scene for frames in dataset.frames for f in frames}),
+            },
+        }
+    )
     write_outputs(result, out_dir)
     return result

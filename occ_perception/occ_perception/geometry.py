@@ -8,8 +8,9 @@ A :class:`Transform` ``T_a_b`` maps points expressed in frame ``b`` into frame
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from pyquaternion import Quaternion
@@ -69,7 +70,7 @@ class Transform:
         object.__setattr__(self, 'translation', t)
 
     @classmethod
-    def from_matrix(cls, matrix: np.ndarray) -> 'Transform':
+    def from_matrix(cls, matrix: np.ndarray) -> Transform:
         """From a 4x4 homogeneous matrix.
 
         Raises:
@@ -84,13 +85,13 @@ class Transform:
         return cls(Quaternion(matrix=rot, atol=1e-6, rtol=1e-6), m[:3, 3])
 
     @classmethod
-    def from_xyzw(cls, translation: Sequence[float], xyzw: Sequence[float]) -> 'Transform':
+    def from_xyzw(cls, translation: Sequence[float], xyzw: Sequence[float]) -> Transform:
         """From a translation and a ROS-order quaternion (x, y, z, w)."""
         x, y, z, w = (float(v) for v in xyzw)
         return cls(_quaternion([w, x, y, z], 'quaternion (x, y, z, w)'), np.asarray(translation, dtype=np.float64))
 
     @classmethod
-    def from_msg(cls, msg: Any) -> 'Transform':
+    def from_msg(cls, msg: Any) -> Transform:
         """From a geometry_msgs/Transform (translation, rotation) or Pose (position, orientation).
 
         Any message class with those field names works (rclpy or rosbags).
@@ -105,7 +106,7 @@ class Transform:
         return cls.from_xyzw([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
 
     @classmethod
-    def from_yaw(cls, yaw: float, translation: Sequence[float] = (0.0, 0.0, 0.0)) -> 'Transform':
+    def from_yaw(cls, yaw: float, translation: Sequence[float] = (0.0, 0.0, 0.0)) -> Transform:
         """A rotation of ``yaw`` radians about +z followed by ``translation``."""
         return cls(Quaternion(axis=[0.0, 0.0, 1.0], angle=float(yaw)), np.asarray(translation, dtype=np.float64))
 
@@ -125,11 +126,11 @@ class Transform:
         w, x, y, z = (float(v) for v in self.rotation.elements)
         return (x, y, z, w)
 
-    def inverse(self) -> 'Transform':
+    def inverse(self) -> Transform:
         inv = self.rotation.inverse
         return Transform(inv, -inv.rotate(self.translation))
 
-    def __matmul__(self, other: 'Transform') -> 'Transform':
+    def __matmul__(self, other: Transform) -> Transform:
         """Composition: ``(T_a_b @ T_b_c) = T_a_c``."""
         return Transform(self.rotation * other.rotation, self.rotation.rotate(other.translation) + self.translation)
 
@@ -150,7 +151,7 @@ class Transform:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def almost_equal(self, other: 'Transform', atol: float = 1e-9) -> bool:
+    def almost_equal(self, other: Transform, atol: float = 1e-9) -> bool:
         """Equal 4x4 matrices within ``atol`` (so ``q`` and ``-q`` compare equal here, not with ``==``)."""
         return bool(np.allclose(self.matrix(), other.matrix(), atol=atol))
 

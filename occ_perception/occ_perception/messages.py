@@ -23,9 +23,10 @@ import array
 import functools
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def find_msg_dir() -> Path:
             return folder
     raise MessagesError(
         f'cannot find the {MSG_PACKAGE} .msg files; looked in {[str(c) for c in candidates]}. '
-        'Set OCC_PERCEPTION_MSGS_DIR to the package\'s msg folder.'
+        "Set OCC_PERCEPTION_MSGS_DIR to the package's msg folder."
     )
 
 
@@ -126,7 +127,7 @@ def foxglove_msg_definitions() -> dict[str, str]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rosbags_typestore(distro: str = 'jazzy') -> Any:
     """A rosbags typestore of ROS 2 ``distro`` (humble or jazzy) with our messages registered.
 
@@ -174,13 +175,13 @@ class MessageTypes:
             raise MessagesError(f"MessageTypes.flavor: expected 'numpy' or 'array', got {self.flavor!r}")
 
     @classmethod
-    def rosbags(cls, distro: str = 'jazzy') -> 'MessageTypes':
+    def rosbags(cls, distro: str = 'jazzy') -> MessageTypes:
         """The rosbags typestore's classes for ``distro``, our messages included."""
         store = rosbags_typestore(distro)
         return cls(resolve=lambda name: store.types[name], flavor='numpy')
 
     @classmethod
-    def python_modules(cls) -> 'MessageTypes':
+    def python_modules(cls) -> MessageTypes:
         """Classes imported from the ROS 2 generated Python modules (``std_msgs.msg.Header``); for rclpy."""
 
         def resolve(name: str) -> Any:
@@ -231,12 +232,19 @@ def stamp_to_ns(stamp: Any) -> int:
 
 
 def _grid_info(types: MessageTypes, grid: GridSpec) -> Any:
-    position = types.make('geometry_msgs/msg/Point', x=float(grid.lower[0]), y=float(grid.lower[1]), z=float(grid.lower[2]))
+    position = types.make(
+        'geometry_msgs/msg/Point', x=float(grid.lower[0]), y=float(grid.lower[1]), z=float(grid.lower[2])
+    )
     orientation = types.make('geometry_msgs/msg/Quaternion', x=0.0, y=0.0, z=0.0, w=1.0)
     pose = types.make('geometry_msgs/msg/Pose', position=position, orientation=orientation)
     sx, sy, sz = grid.shape
     return types.make(
-        f'{MSG_PACKAGE}/msg/VoxelGridInfo', origin=pose, resolution=float(grid.voxel_size), size_x=sx, size_y=sy, size_z=sz
+        f'{MSG_PACKAGE}/msg/VoxelGridInfo',
+        origin=pose,
+        resolution=float(grid.voxel_size),
+        size_x=sx,
+        size_y=sy,
+        size_z=sz,
     )
 
 
@@ -330,12 +338,12 @@ def read_semantic_occupancy(msg: Any) -> OccupancyArrays:
     grid = _read_grid_info(msg.info, 'SemanticOccupancy')
     labels = _array(msg.labels, 'uint8', 'SemanticOccupancy.labels')
     if labels.size != grid.num_voxels:
-        raise MessagesError(f'SemanticOccupancy.labels: expected {grid.num_voxels} values (the grid), got {labels.size}')
+        raise MessagesError(
+            f'SemanticOccupancy.labels: expected {grid.num_voxels} values (the grid), got {labels.size}'
+        )
     conf = _array(msg.confidence, 'uint8', 'SemanticOccupancy.confidence')
     if conf.size not in (0, grid.num_voxels):
-        raise MessagesError(
-            f'SemanticOccupancy.confidence: expected 0 or {grid.num_voxels} values, got {conf.size}'
-        )
+        raise MessagesError(f'SemanticOccupancy.confidence: expected 0 or {grid.num_voxels} values, got {conf.size}')
     return OccupancyArrays(
         stamp_ns=stamp_to_ns(msg.header.stamp),
         frame_id=str(msg.header.frame_id),
@@ -373,7 +381,9 @@ class FlowArrays:
         return out
 
 
-def flow_from_dense(labels: np.ndarray, flow: np.ndarray, free_label: int = FREE_LABEL) -> tuple[np.ndarray, np.ndarray]:
+def flow_from_dense(
+    labels: np.ndarray, flow: np.ndarray, free_label: int = FREE_LABEL
+) -> tuple[np.ndarray, np.ndarray]:
     """Sparse flow of the occupied voxels.
 
     Args:
@@ -408,7 +418,9 @@ def make_occupancy_flow(
     indices = np.asarray(indices)
     velocity = np.asarray(velocity)
     if velocity.shape != (indices.shape[0], 2) or indices.ndim != 1:
-        raise MessagesError(f'flow: expected indices (N,) and velocity (N, 2), got {indices.shape} and {velocity.shape}')
+        raise MessagesError(
+            f'flow: expected indices (N,) and velocity (N, 2), got {indices.shape} and {velocity.shape}'
+        )
     if indices.size and (indices.min() < 0 or indices.max() >= grid.num_voxels):
         raise MessagesError(f'flow.indices: expected values in [0, {grid.num_voxels}), the grid')
     return types.make(

@@ -214,8 +214,9 @@ def ray_directions() -> np.ndarray:
     """
     pitch = ray_pitch_angles()[:, None]
     azimuth = np.deg2rad(np.arange(360, dtype=np.float64))[None, :]
-    dirs = np.stack(np.broadcast_arrays(np.cos(pitch) * np.cos(azimuth), np.cos(pitch) * np.sin(azimuth),
-                                        np.sin(pitch)), axis=-1).reshape(-1, 3)
+    dirs = np.stack(
+        np.broadcast_arrays(np.cos(pitch) * np.cos(azimuth), np.cos(pitch) * np.sin(azimuth), np.sin(pitch)), axis=-1
+    ).reshape(-1, 3)
     assert dirs.shape == (14040, 3), dirs.shape
     return dirs
 
@@ -383,8 +384,9 @@ class RayMetrics:
             raise MetricsError(f'{name}: expected flow of shape {expected} (vx, vy) [m/s], got {arr.shape}')
         return arr.reshape(-1, 2).astype(np.float64, copy=False)
 
-    def add(self, pred_labels: Any, gt_labels: Any, origins_ego: Any, pred_flow: Any = None,
-            gt_flow: Any = None) -> None:
+    def add(
+        self, pred_labels: Any, gt_labels: Any, origins_ego: Any, pred_flow: Any = None, gt_flow: Any = None
+    ) -> None:
         """Add one frame.
 
         Args:
@@ -492,8 +494,9 @@ class MetricsReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_results(cls, miou: MIoUResult | None = None, rays: RayResult | None = None,
-                     frames: int = 0) -> MetricsReport:
+    def from_results(
+        cls, miou: MIoUResult | None = None, rays: RayResult | None = None, frames: int = 0
+    ) -> MetricsReport:
         """Combine an :class:`MIoUResult` and/or a :class:`RayResult`."""
         report = cls(frames=frames)
         if miou is not None:
@@ -511,6 +514,7 @@ class MetricsReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dictionary; NaN becomes None (null)."""
+
         def per_class(values: np.ndarray | None) -> dict[str, float | None] | None:
             if values is None:
                 return None

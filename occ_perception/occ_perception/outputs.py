@@ -210,8 +210,17 @@ def _points(types: MessageTypes, xyz: np.ndarray) -> list:
     return [point(x=x, y=y, z=z) for x, y, z in zip(*cols)]
 
 
-def _marker(types: MessageTypes, header: Any, ns: str, marker_id: int, kind: int, action: int, scale: Sequence[float],
-            rgba: Sequence[float], points: list) -> Any:
+def _marker(
+    types: MessageTypes,
+    header: Any,
+    ns: str,
+    marker_id: int,
+    kind: int,
+    action: int,
+    scale: Sequence[float],
+    rgba: Sequence[float],
+    points: list,
+) -> Any:
     return types.make(
         'visualization_msgs/msg/Marker',
         header=header,
@@ -221,18 +230,23 @@ def _marker(types: MessageTypes, header: Any, ns: str, marker_id: int, kind: int
         action=int(action),
         pose=_pose(types),
         scale=types.make('geometry_msgs/msg/Vector3', x=float(scale[0]), y=float(scale[1]), z=float(scale[2])),
-        color=types.make('std_msgs/msg/ColorRGBA', r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]),
-                         a=float(rgba[3])),
+        color=types.make(
+            'std_msgs/msg/ColorRGBA', r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3])
+        ),
         lifetime=types.make('builtin_interfaces/msg/Duration', sec=0, nanosec=0),
         frame_locked=False,
         points=points,
         colors=[],
         texture_resource='',
-        texture=types.make('sensor_msgs/msg/CompressedImage', header=header, format='', data=types.pack(np.zeros(0, np.uint8), 'uint8')),
+        texture=types.make(
+            'sensor_msgs/msg/CompressedImage', header=header, format='', data=types.pack(np.zeros(0, np.uint8), 'uint8')
+        ),
         uv_coordinates=[],
         text='',
         mesh_resource='',
-        mesh_file=types.make('visualization_msgs/msg/MeshFile', filename='', data=types.pack(np.zeros(0, np.uint8), 'uint8')),
+        mesh_file=types.make(
+            'visualization_msgs/msg/MeshFile', filename='', data=types.pack(np.zeros(0, np.uint8), 'uint8')
+        ),
         mesh_use_embedded_materials=False,
     )
 
@@ -338,8 +352,17 @@ def marker_array_msg(
             heads.append(tip)
         segments = np.stack([start, end, end, heads[0], end, heads[1]], axis=1).reshape(-1, 3)
         markers.append(
-            _marker(types, header, f'{ns}/flow', 0, marker_cls.LINE_LIST, marker_cls.ADD, (0.1 * v, 0, 0),
-                    (1.0, 1.0, 1.0, 1.0), _points(types, segments))
+            _marker(
+                types,
+                header,
+                f'{ns}/flow',
+                0,
+                marker_cls.LINE_LIST,
+                marker_cls.ADD,
+                (0.1 * v, 0, 0),
+                (1.0, 1.0, 1.0, 1.0),
+                _points(types, segments),
+            )
         )
     return types.make('visualization_msgs/msg/MarkerArray', markers=markers)
 
@@ -530,8 +553,16 @@ def _draw_ego(img: np.ndarray, grid: GridSpec, scale: int) -> None:
     cv2.polylines(img, [pix], True, (0, 0, 0), 1, cv2.LINE_AA)
 
 
-def _draw_flow(img: np.ndarray, labels: np.ndarray, flow: np.ndarray, grid: GridSpec, scale: int,
-               min_speed: float, stride: int, seconds: float) -> None:
+def _draw_flow(
+    img: np.ndarray,
+    labels: np.ndarray,
+    flow: np.ndarray,
+    grid: GridSpec,
+    scale: int,
+    min_speed: float,
+    stride: int,
+    seconds: float,
+) -> None:
     frame = OccFrame(stamp_ns=0, grid=grid, labels=labels, flow=flow)
     idx, vel = _moving_columns(frame, min_speed)
     keep = (idx[:, 0] % stride == 0) & (idx[:, 1] % stride == 0)
@@ -628,14 +659,21 @@ def render_panel(
     width = bev.shape[1]
     header = np.full((70, width, 3), _BACKGROUND, np.uint8)
     _text(header, title, (10, 28), 0.8)
-    _text(header, 'top views: front (+x) up, left (+y) left, ego at the white marker, '
-                  'highest occupied class per column; arrows: flow over 1 s', (10, 56), 0.5, (210, 210, 210))
+    _text(
+        header,
+        'top views: front (+x) up, left (+y) left, ego at the white marker, '
+        'highest occupied class per column; arrows: flow over 1 s',
+        (10, 56),
+        0.5,
+        (210, 210, 210),
+    )
     parts = [header]
     if images is not None:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[0] > 6 or images.shape[3] != 3 or images.dtype != np.uint8:
-            raise OutputsError(f'render_panel images: expected (N <= 6, H, W, 3) uint8, got {images.shape} '
-                               f'{images.dtype}')
+            raise OutputsError(
+                f'render_panel images: expected (N <= 6, H, W, 3) uint8, got {images.shape} {images.dtype}'
+            )
         parts.append(_camera_block(images, list(camera_names), width))
     parts.append(bev)
     return np.ascontiguousarray(np.concatenate(parts, axis=0))

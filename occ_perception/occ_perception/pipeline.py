@@ -108,8 +108,10 @@ def frame_stamp_ns(images: Sequence[Any] | Mapping[str, Any], rig: Rig) -> int:
     msg = images[name] if isinstance(images, Mapping) else images[rig.names.index(name)]
     stamp = _stamp_of(msg)
     if stamp is None:
-        raise PipelineError(f'frame stamp: the {name} image ({type(msg).__name__}) has no header.stamp; '
-                            'give stamp_ns for raw image bytes')
+        raise PipelineError(
+            f'frame stamp: the {name} image ({type(msg).__name__}) has no header.stamp; '
+            'give stamp_ns for raw image bytes'
+        )
     return stamp
 
 
@@ -137,8 +139,15 @@ class OccPipeline:
         PipelineError: the backend's inputs differ from the configuration's, or the policy's K differs.
     """
 
-    def __init__(self, backend: Backend, config: ModelConfig, temporal: TemporalConfig | None = None,
-                 use_history: bool = True, preprocess_threads: int = 2, confidence: bool = True) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: ModelConfig,
+        temporal: TemporalConfig | None = None,
+        use_history: bool = True,
+        preprocess_threads: int = 2,
+        confidence: bool = True,
+    ) -> None:
         try:
             match_specs(expected_input_specs(config), backend.inputs, f'{backend.name} backend')
         except BackendError as err:
@@ -148,8 +157,10 @@ class OccPipeline:
 
             temporal = temporal_config_for(config.history_offsets)
         if len(temporal.offsets) != config.history:
-            raise PipelineError(f'temporal policy has {len(temporal.offsets)} offsets {temporal.offsets}, '
-                                f'the model {config.name} has history K={config.history}')
+            raise PipelineError(
+                f'temporal policy has {len(temporal.offsets)} offsets {temporal.offsets}, '
+                f'the model {config.name} has history K={config.history}'
+            )
         self.backend = backend
         self.config = config
         self.temporal = temporal
@@ -199,11 +210,13 @@ class OccPipeline:
     def _empty_history(self) -> HistoryInputs:
         k = self.config.history
         theta = np.tile(np.eye(3, dtype=np.float32)[:2], (k, 1, 1))
-        return HistoryInputs(np.zeros((k,) + self.feature_shape, np.float32), theta, np.zeros(k, np.float32),
-                             np.zeros(k, np.int64), None)
+        return HistoryInputs(
+            np.zeros((k,) + self.feature_shape, np.float32), theta, np.zeros(k, np.float32), np.zeros(k, np.int64), None
+        )
 
-    def process(self, images: Sequence[Any] | Mapping[str, Any], pose: Transform, rig: Rig,
-                stamp_ns: int | None = None) -> OccFrame:
+    def process(
+        self, images: Sequence[Any] | Mapping[str, Any], pose: Transform, rig: Rig, stamp_ns: int | None = None
+    ) -> OccFrame:
         """Run one synchronised frame.
 
         Args:
@@ -290,8 +303,14 @@ def _kind_of(path: Path) -> str:
     return 'zip' if head == _ZIP_MAGIC else 'other'
 
 
-def load_model(path: str | os.PathLike[str], config: ModelConfig, backend: str = 'onnxruntime', threads: int = 0,
-               device: str = 'cpu', precision: str = 'fp16') -> Backend:
+def load_model(
+    path: str | os.PathLike[str],
+    config: ModelConfig,
+    backend: str = 'onnxruntime',
+    threads: int = 0,
+    device: str = 'cpu',
+    precision: str = 'fp16',
+) -> Backend:
     """Open a model file with a runtime backend and check its inputs against ``config``.
 
     Args:
@@ -325,8 +344,10 @@ def load_model(path: str | os.PathLike[str], config: ModelConfig, backend: str =
     expected = expected_input_specs(config)
     if backend == 'torch':
         if kind != 'zip':
-            raise PipelineError(f'{where}: not a torch checkpoint (expected our .pt from train or import-flashocc; '
-                                'an ONNX file runs with the onnxruntime backend)')
+            raise PipelineError(
+                f'{where}: not a torch checkpoint (expected our .pt from train or import-flashocc; '
+                'an ONNX file runs with the onnxruntime backend)'
+            )
         import torch
 
         from .model.checkpoint import ModelCheckpointError, load_checkpoint
@@ -343,8 +364,10 @@ def load_model(path: str | os.PathLike[str], config: ModelConfig, backend: str =
         except BackendError as err:
             raise PipelineError(f'{where}: {err}') from err
     if kind == 'zip':
-        raise PipelineError(f'{where}: is a torch checkpoint (zip archive), not an ONNX graph or engine; run it '
-                            'with --backend torch or export it with occ-perception export')
+        raise PipelineError(
+            f'{where}: is a torch checkpoint (zip archive), not an ONNX graph or engine; run it '
+            'with --backend torch or export it with occ-perception export'
+        )
     if backend == 'onnxruntime':
         from .runtime.ort_backend import OnnxRuntimeBackend
 

@@ -58,7 +58,12 @@ _TO_RGB = {
     'bgra8': cv2.COLOR_BGRA2RGB,
     'mono8': cv2.COLOR_GRAY2RGB,
 }
-_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -157,8 +162,9 @@ def decode_compressed(msg: Any, camera: Camera, factor: int = 1) -> tuple[np.nda
     """
     fmt = str(msg.format).lower()
     if fmt and not any(key in fmt for key in ('jpeg', 'jpg', 'png')):
-        raise PreprocessError(f'camera {camera.name!r}: CompressedImage format {msg.format!r} is not supported '
-                              '(expected jpeg or png)')
+        raise PreprocessError(
+            f'camera {camera.name!r}: CompressedImage format {msg.format!r} is not supported (expected jpeg or png)'
+        )
     data = _bytes_of(msg.data)
     if data.size == 0:
         raise PreprocessError(f'camera {camera.name!r}: CompressedImage data is empty')
@@ -221,8 +227,9 @@ def _reduce(image: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(image, None, fx=1.0 / factor, fy=1.0 / factor, interpolation=cv2.INTER_AREA)
 
 
-def _resize_crop(image: np.ndarray, factor: float, transform: ImageTransform, interpolation: int | None,
-                 name: str) -> np.ndarray:
+def _resize_crop(
+    image: np.ndarray, factor: float, transform: ImageTransform, interpolation: int | None, name: str
+) -> np.ndarray:
     """Resize ``image`` by ``factor`` (exactly, not a rounded target size) and crop per ``transform``.
 
     ``interpolation`` None picks bilinear for factors of at least 0.5 (the reduced decode already

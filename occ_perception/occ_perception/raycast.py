@@ -39,8 +39,9 @@ _NEVER = 1e30
 """Parameter of "no crossing along this axis"; finite so that ``_NEVER * 0 == 0``."""
 
 
-def prepare_rays(grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, dirs: np.ndarray,
-                caller: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prepare_rays(
+    grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, dirs: np.ndarray, caller: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Check rays and an occupancy grid; convert them for :func:`traverse`.
 
     Args:

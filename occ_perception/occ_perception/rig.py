@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -142,7 +143,7 @@ class ImageTransform:
     src_height: int | None = None
 
     @classmethod
-    def fit(cls, src_width: int, src_height: int, out_width: int = 704, out_height: int = 256) -> 'ImageTransform':
+    def fit(cls, src_width: int, src_height: int, out_width: int = 704, out_height: int = 256) -> ImageTransform:
         """FlashOCC's test-time geometry generalised to any source size.
 
         Resize so that the width matches ``out_width`` (and the height covers
@@ -162,8 +163,9 @@ class ImageTransform:
         new_w, new_h = int(src_width * scale), int(src_height * scale)
         crop_y = max(new_h - out_height, 0)
         crop_x = max((new_w - out_width) // 2, 0)
-        return cls(float(scale), int(crop_x), int(crop_y), int(out_width), int(out_height), int(src_width),
-                   int(src_height))
+        return cls(
+            float(scale), int(crop_x), int(crop_y), int(out_width), int(out_height), int(src_width), int(src_height)
+        )
 
     @property
     def resized_size(self) -> tuple[int, int]:
@@ -173,8 +175,10 @@ class ImageTransform:
             RigError: the transform was built without a source size.
         """
         if self.src_width is None or self.src_height is None:
-            raise RigError('ImageTransform.resized_size: the source size is unknown (build it with fit() or give '
-                           'src_width and src_height)')
+            raise RigError(
+                'ImageTransform.resized_size: the source size is unknown (build it with fit() or give '
+                'src_width and src_height)'
+            )
         return (int(self.src_width * self.scale), int(self.src_height * self.scale))
 
     def matrix(self) -> np.ndarray:
@@ -228,12 +232,20 @@ class Camera:
     def __post_init__(self) -> None:
         object.__setattr__(self, 'intrinsics', _check_intrinsics(self.intrinsics, f'camera {self.name!r}'))
         if int(self.width) != self.width or int(self.height) != self.height or self.width <= 0 or self.height <= 0:
-            raise RigError(f'camera {self.name!r}: image size must be positive integers, got {self.width}x{self.height}')
+            raise RigError(
+                f'camera {self.name!r}: image size must be positive integers, got {self.width}x{self.height}'
+            )
         object.__setattr__(self, 'width', int(self.width))
         object.__setattr__(self, 'height', int(self.height))
 
     def _key(self) -> tuple[Any, ...]:
-        return (self.name, self.width, self.height, tuple(float(v) for v in self.intrinsics.reshape(-1)), self.cam_to_ego)
+        return (
+            self.name,
+            self.width,
+            self.height,
+            tuple(float(v) for v in self.intrinsics.reshape(-1)),
+            self.cam_to_ego,
+        )
 
     def __eq__(self, other: object) -> bool:
         """Exact equality of name, image size, intrinsics and extrinsics; :meth:`same_as` is the tolerant one."""
@@ -245,7 +257,7 @@ class Camera:
         return hash(self._key())
 
     @classmethod
-    def from_camera_info(cls, info: Any, cam_to_ego: Transform, name: str | None = None) -> 'Camera':
+    def from_camera_info(cls, info: Any, cam_to_ego: Transform, name: str | None = None) -> Camera:
         """From a sensor_msgs/CameraInfo (any message class with its field names) and ``T_base_link_camera``.
 
         For rectified images the projection matrix P (its left 3x3) is the
@@ -287,7 +299,7 @@ class Camera:
         rays = np.concatenate([uv, ones], axis=-1) @ np.linalg.inv(self.intrinsics).T
         return self.cam_to_ego.apply(rays * depth[..., None])
 
-    def same_as(self, other: 'Camera', atol: float = 1e-9) -> bool:
+    def same_as(self, other: Camera, atol: float = 1e-9) -> bool:
         return (
             self.name == other.name
             and self.width == other.width
@@ -354,7 +366,7 @@ class Rig:
         calibration: Mapping[str, Mapping[str, Any]],
         image_size: tuple[int, int] | Mapping[str, tuple[int, int]] = (1600, 900),
         channels: Sequence[str] = NUSCENES_CHANNELS,
-    ) -> 'Rig':
+    ) -> Rig:
         """From nuScenes ``calibrated_sensor`` records keyed by channel.
 
         Args:
@@ -383,11 +395,11 @@ class Rig:
         return cls(tuple(cameras))
 
     @classmethod
-    def nuscenes(cls, width: int = 1600, height: int = 900) -> 'Rig':
+    def nuscenes(cls, width: int = 1600, height: int = 900) -> Rig:
         """The six nuScenes cameras (:data:`NUSCENES_CALIBRATION`) with images of ``width`` x ``height``."""
         return cls.from_nuscenes(NUSCENES_CALIBRATION, NUSCENES_IMAGE_SIZE).scaled(width, height)
 
-    def scaled(self, width: int, height: int) -> 'Rig':
+    def scaled(self, width: int, height: int) -> Rig:
         """The same rig with every image resized to ``width`` x ``height`` (intrinsics scaled)."""
         cams = []
         for cam in self.cameras:
@@ -408,7 +420,7 @@ class Rig:
             image_transform=np.stack([t.matrix() for t in self.image_transforms(out_width, out_height)]),
         )
 
-    def same_as(self, other: 'Rig', atol: float = 1e-9) -> bool:
+    def same_as(self, other: Rig, atol: float = 1e-9) -> bool:
         """Same cameras in the same order, numbers equal within ``atol`` (``==`` is exact)."""
         return len(self) == len(other) and all(a.same_as(b, atol) for a, b in zip(self.cameras, other.cameras))
 

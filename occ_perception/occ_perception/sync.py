@@ -258,4 +258,3 @@ def synchronise(
             sets.append(result)
     sync.flush()
     return sets, list(sync.drops)
-

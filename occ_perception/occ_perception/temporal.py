@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -198,7 +199,9 @@ def bev_grid_for(grid: GridSpec, feature_shape: Sequence[int]) -> GridSpec:
     cell_x = grid.shape[0] * grid.voxel_size / nx
     cell_y = grid.shape[1] * grid.voxel_size / ny
     if not np.isclose(cell_x, cell_y):
-        raise TemporalError(f'BEV feature {tuple(feature_shape)}: cells are not square over the grid ({cell_x} x {cell_y} m)')
+        raise TemporalError(
+            f'BEV feature {tuple(feature_shape)}: cells are not square over the grid ({cell_x} x {cell_y} m)'
+        )
     return GridSpec(lower=grid.lower, size=(nx, ny, 1), voxel_size=cell_x)
 
 
@@ -302,7 +305,9 @@ class BevCache:
             TemporalError: the feature's shape is not the cache's (C, Y, X).
         """
         if tuple(feature.shape) != self.feature_shape:
-            raise TemporalError(f'BevCache.push: expected a feature of shape {self.feature_shape}, got {tuple(feature.shape)}')
+            raise TemporalError(
+                f'BevCache.push: expected a feature of shape {self.feature_shape}, got {tuple(feature.shape)}'
+            )
         if self.entries and int(stamp_ns) <= self.entries[-1].stamp_ns:
             # prepare() resets on time going backwards; a repeated stamp replaces the newest entry
             self.entries.pop()

@@ -126,8 +126,10 @@ class TrainConfig:
         if self.steps < 1 or self.batch_size < 1:
             raise TrainError(f'TrainConfig: steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}')
         if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise TrainError(f'TrainConfig: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {self.lr}, '
-                             f'{self.warmup_steps}, {self.min_lr_ratio}')
+            raise TrainError(
+                f'TrainConfig: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {self.lr}, '
+                f'{self.warmup_steps}, {self.min_lr_ratio}'
+            )
         if not 0 <= self.ema_decay < 1:
             raise TrainError(f'TrainConfig.ema_decay: expected [0, 1), got {self.ema_decay}')
         if self.mask not in MASKS:
@@ -163,8 +165,12 @@ class TrainResult:
 # -- losses -------------------------------------------------------------------------------------------------------
 
 
-def semantic_loss(logits: torch.Tensor, semantics: torch.Tensor, weight: torch.Tensor | None,
-                  class_weights: torch.Tensor | None = None) -> torch.Tensor:
+def semantic_loss(
+    logits: torch.Tensor,
+    semantics: torch.Tensor,
+    weight: torch.Tensor | None,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """FlashOCC's occupancy cross-entropy.
 
     Args:
@@ -179,13 +185,18 @@ def semantic_loss(logits: torch.Tensor, semantics: torch.Tensor, weight: torch.T
     target = semantics.long()
     valid = target != UNOBSERVED_LABEL
     w = valid.float() if weight is None else weight.float() * valid.float()
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), torch.where(valid, target, 0).reshape(-1),
-                         weight=class_weights, reduction='none')
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        torch.where(valid, target, 0).reshape(-1),
+        weight=class_weights,
+        reduction='none',
+    )
     return (ce * w.reshape(-1)).sum() / w.sum().clamp(min=1.0)
 
 
-def flow_loss(flow: torch.Tensor, flow_gt: torch.Tensor, semantics: torch.Tensor,
-              weight: torch.Tensor | None) -> torch.Tensor:
+def flow_loss(
+    flow: torch.Tensor, flow_gt: torch.Tensor, semantics: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor:
     """L1 flow loss on occupied voxels.
 
     Args:
@@ -250,9 +261,14 @@ def _encode(net: OccNet, images: torch.Tensor, tables: Mapping[str, torch.Tensor
     return net.encode_bev(images, tables)
 
 
-def network_outputs(net: OccNet, images: torch.Tensor, tables: Mapping[str, torch.Tensor],
-                    history_bev: torch.Tensor | None = None, history_theta: torch.Tensor | None = None,
-                    history_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def network_outputs(
+    net: OccNet,
+    images: torch.Tensor,
+    tables: Mapping[str, torch.Tensor],
+    history_bev: torch.Tensor | None = None,
+    history_theta: torch.Tensor | None = None,
+    history_valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class logits (X, Y, Z, 18) and flow (X, Y, Z, 2) or None for one frame (uint8 images (N, H, W, 3))."""
     logits, flow, _ = net.predict(images, tables, history_bev, history_theta, history_valid)
     return logits, flow
@@ -265,13 +281,20 @@ class _Step(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, images: torch.Tensor, tables: dict[str, torch.Tensor], history_bev: torch.Tensor | None,
-                history_theta: torch.Tensor | None, history_valid: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        tables: dict[str, torch.Tensor],
+        history_bev: torch.Tensor | None,
+        history_theta: torch.Tensor | None,
+        history_valid: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, Any]:
         return network_outputs(self.net, images, tables, history_bev, history_theta, history_valid)
 
 
-def _history_bev(net: OccNet, sample: TrainSample, tables: Mapping[str, torch.Tensor],
-                 device: torch.device) -> torch.Tensor | None:
+def _history_bev(
+    net: OccNet, sample: TrainSample, tables: Mapping[str, torch.Tensor], device: torch.device
+) -> torch.Tensor | None:
     """(K, C_bev, Y, X): the network's own BEV features of the history frames (no gradient; zeros in empty slots)."""
     cfg = net.config
     k = cfg.history
@@ -361,15 +384,22 @@ def _batches(items: _Items, cfg: TrainConfig, d: _Dist, start_step: int) -> Iter
     """Endless per-rank batches in a deterministic order (DistributedSampler, reshuffled each epoch)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    sampler = DistributedSampler(items, num_replicas=d.world, rank=d.rank, shuffle=cfg.shuffle, seed=cfg.seed,
-                                 drop_last=False)
+    sampler = DistributedSampler(
+        items, num_replicas=d.world, rank=d.rank, shuffle=cfg.shuffle, seed=cfg.seed, drop_last=False
+    )
     per_epoch = max(len(sampler) // cfg.batch_size, 1)
     epoch, skip = divmod(start_step, per_epoch)
     while True:
         sampler.set_epoch(epoch)
         items.epoch = epoch
-        loader = DataLoader(items, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=list, drop_last=len(sampler) >= cfg.batch_size)
+        loader = DataLoader(
+            items,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=cfg.workers,
+            collate_fn=list,
+            drop_last=len(sampler) >= cfg.batch_size,
+        )
         for i, batch in enumerate(loader):
             if i >= per_epoch:
                 break
@@ -397,8 +427,10 @@ def _load_init(net: OccNet, path: str | os.PathLike[str]) -> tuple[int, list[str
     except Exception as err:  # OSError, unpickling errors
         raise TrainError(f'--init {os.fspath(path)!r}: cannot load: {err}') from err
     if not isinstance(data, dict) or data.get('format') != FORMAT:
-        raise TrainError(f'--init {os.fspath(path)!r}: not an {FORMAT} checkpoint (convert FlashOCC ones with '
-                         'occ-perception import-flashocc)')
+        raise TrainError(
+            f'--init {os.fspath(path)!r}: not an {FORMAT} checkpoint (convert FlashOCC ones with '
+            'occ-perception import-flashocc)'
+        )
     own = net.state_dict()
     fit = {k: v for k, v in data['state_dict'].items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
     if not fit:
@@ -408,20 +440,33 @@ def _load_init(net: OccNet, path: str | os.PathLike[str]) -> tuple[int, list[str
     return len(fit), skipped
 
 
-def _save_state(path: Path, step: int, net: OccNet, opt: torch.optim.Optimizer, scaler: Any,
-                ema: dict[str, torch.Tensor] | None, cfg: TrainConfig) -> None:
+def _save_state(
+    path: Path,
+    step: int,
+    net: OccNet,
+    opt: torch.optim.Optimizer,
+    scaler: Any,
+    ema: dict[str, torch.Tensor] | None,
+    cfg: TrainConfig,
+) -> None:
     tmp = path.with_suffix('.tmp')
-    torch.save({
-        'format': STATE_FORMAT,
-        'step': int(step),
-        'model': net.state_dict(),
-        'optimizer': opt.state_dict(),
-        'scaler': scaler.state_dict() if scaler is not None else None,
-        'ema': ema,
-        'model_config': {'name': net.config.name, 'history': net.config.history,
-                         'history_offsets': list(net.config.history_offsets)},
-        'train_config': json.dumps(asdict(cfg)),
-    }, os.fspath(tmp))
+    torch.save(
+        {
+            'format': STATE_FORMAT,
+            'step': int(step),
+            'model': net.state_dict(),
+            'optimizer': opt.state_dict(),
+            'scaler': scaler.state_dict() if scaler is not None else None,
+            'ema': ema,
+            'model_config': {
+                'name': net.config.name,
+                'history': net.config.history,
+                'history_offsets': list(net.config.history_offsets),
+            },
+            'train_config': json.dumps(asdict(cfg)),
+        },
+        os.fspath(tmp),
+    )
     os.replace(tmp, path)
 
 
@@ -434,8 +479,10 @@ def _load_state(path: Path, net: OccNet, opt: torch.optim.Optimizer, scaler: Any
         raise TrainError(f'--resume {os.fspath(path)!r}: not an {STATE_FORMAT} training state')
     mc = data['model_config']
     if (mc['name'], int(mc['history'])) != (net.config.name, net.config.history):
-        raise TrainError(f'--resume {os.fspath(path)!r}: holds {mc["name"]} history={mc["history"]}, '
-                         f'training {net.config.name} history={net.config.history}')
+        raise TrainError(
+            f'--resume {os.fspath(path)!r}: holds {mc["name"]} history={mc["history"]}, '
+            f'training {net.config.name} history={net.config.history}'
+        )
     net.load_state_dict(data['model'])
     opt.load_state_dict(data['optimizer'])
     if scaler is not None and data.get('scaler'):
@@ -464,8 +511,9 @@ def _weights_net(net: OccNet, ema: dict[str, torch.Tensor] | None) -> OccNet:
 # -- validation -----------------------------------------------------------------------------------------------------
 
 
-def evaluate(net: OccNet, dataset: Occ3DDataset, device: torch.device, limit: int = 0,
-             progress: bool = False) -> dict[str, Any]:
+def evaluate(
+    net: OccNet, dataset: Occ3DDataset, device: torch.device, limit: int = 0, progress: bool = False
+) -> dict[str, Any]:
     """mIoU (Occ3D definition, mask_camera) of ``net`` on ``dataset`` (its first ``limit`` samples; 0 = all).
 
     Returns:
@@ -538,9 +586,16 @@ def plot_log(log_path: Path, png_path: Path) -> None:
 # -- the loop -------------------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, dataset: Occ3DDataset, out_dir: str | os.PathLike[str], val_dataset: Occ3DDataset | None = None,
-          init: str | os.PathLike[str] | None = None, resume: str | os.PathLike[str] | None = None,
-          progress: bool = True, device: str | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    dataset: Occ3DDataset,
+    out_dir: str | os.PathLike[str],
+    val_dataset: Occ3DDataset | None = None,
+    init: str | os.PathLike[str] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> TrainResult:
     """Train ``cfg.model`` on ``dataset``; run under ``torchrun`` for DDP (one process per device or CPU share).
 
     Args:
@@ -567,25 +622,31 @@ def train(cfg: TrainConfig, dataset: Occ3DDataset, out_dir: str | os.PathLike[st
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
     model_cfg = cfg.model_config()
-    if tuple(dataset.model_config.history_offsets) != tuple(model_cfg.history_offsets) or \
-            tuple(dataset.image_size) != tuple(model_cfg.image_size):
-        raise TrainError(f'training set built for image size {dataset.image_size} and history offsets '
-                         f'{dataset.model_config.history_offsets}, the model wants {model_cfg.image_size} and '
-                         f'{model_cfg.history_offsets}')
+    if tuple(dataset.model_config.history_offsets) != tuple(model_cfg.history_offsets) or tuple(
+        dataset.image_size
+    ) != tuple(model_cfg.image_size):
+        raise TrainError(
+            f'training set built for image size {dataset.image_size} and history offsets '
+            f'{dataset.model_config.history_offsets}, the model wants {model_cfg.image_size} and '
+            f'{model_cfg.history_offsets}'
+        )
 
     torch.manual_seed(cfg.seed)
     net = OccNet(model_cfg)
     if init is not None:
         loaded, skipped = _load_init(net, init)
         if d.main:
-            print(f'init from {init}: {loaded} tensors loaded, {len(skipped)} left at their initialisation'
-                  + (f' ({", ".join(skipped[:6])}{", ..." if len(skipped) > 6 else ""})' if skipped else ''))
+            print(
+                f'init from {init}: {loaded} tensors loaded, {len(skipped)} left at their initialisation'
+                + (f' ({", ".join(skipped[:6])}{", ..." if len(skipped) > 6 else ""})' if skipped else '')
+            )
     net.to(dev).train()
     decay, no_decay = [], []
     for name, p in net.named_parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay},
-                             {'params': no_decay, 'weight_decay': 0.0}], lr=cfg.lr)
+    opt = torch.optim.AdamW(
+        [{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}], lr=cfg.lr
+    )
     use_amp = bool(cfg.amp and dev.type == 'cuda')
     scaler = torch.amp.GradScaler('cuda') if use_amp else None
     ema: dict[str, torch.Tensor] | None = None
@@ -604,8 +665,9 @@ def train(cfg: TrainConfig, dataset: Occ3DDataset, out_dir: str | os.PathLike[st
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        step_module = DistributedDataParallel(step_module, device_ids=[dev.index] if dev.type == 'cuda' else None,
-                                              broadcast_buffers=False)
+        step_module = DistributedDataParallel(
+            step_module, device_ids=[dev.index] if dev.type == 'cuda' else None, broadcast_buffers=False
+        )
     class_weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=dev) if cfg.class_weights else None
     items = _Items(dataset, cfg.seed, dataset.augmentation.active)
     batches = _batches(items, cfg, d, start)
@@ -637,8 +699,14 @@ def train(cfg: TrainConfig, dataset: Occ3DDataset, out_dir: str | os.PathLike[st
         if d.main:
             res = evaluate(_weights_net(net, ema), val_dataset, dev, cfg.val_samples, progress=progress)
             val_miou = res['miou']
-            write_log({'step': step, 'val_miou': res['miou'], 'val_per_class': res['per_class'],
-                       'val_samples': res['samples']})
+            write_log(
+                {
+                    'step': step,
+                    'val_miou': res['miou'],
+                    'val_per_class': res['per_class'],
+                    'val_samples': res['samples'],
+                }
+            )
             if bar is not None:
                 bar.write(f'step {step}: val mIoU {res["miou"]:.4f} on {res["samples"]} samples')
         _barrier(d)
@@ -712,9 +780,19 @@ def train(cfg: TrainConfig, dataset: Occ3DDataset, out_dir: str | os.PathLike[st
                 bar.set_postfix(loss=f'{parts["loss"]:.4f}', lr=f'{lr:.2e}', sps=f'{global_batch / seconds:.2f}')
             if done % cfg.log_every == 0 or done == cfg.steps:
                 n = len(window)
-                write_log({'step': done, 'loss': sums['loss'] / n, 'loss_semantic': sums['loss_semantic'] / n,
-                           'loss_flow': sums['loss_flow'] / n, 'lr': lr, 'samples_per_s': global_batch * n / sum(window),
-                           'global_batch': global_batch, 'processes': d.world, 'time': time.time()})
+                write_log(
+                    {
+                        'step': done,
+                        'loss': sums['loss'] / n,
+                        'loss_semantic': sums['loss_semantic'] / n,
+                        'loss_flow': sums['loss_flow'] / n,
+                        'lr': lr,
+                        'samples_per_s': global_batch * n / sum(window),
+                        'global_batch': global_batch,
+                        'processes': d.world,
+                        'time': time.time(),
+                    }
+                )
         if done % cfg.log_every == 0 or done == cfg.steps:
             window.clear()
             sums = {k: 0.0 for k in sums}
@@ -729,22 +807,36 @@ def train(cfg: TrainConfig, dataset: Occ3DDataset, out_dir: str | os.PathLike[st
     save(cfg.steps)
     sps = global_batch * timed_steps / timed_seconds if timed_seconds > 0 else float('nan')
     if d.main:
-        write_log({'step': cfg.steps, 'summary': True, 'samples_per_s': sps, 'processes': d.world,
-                   'global_batch': global_batch})
+        write_log(
+            {
+                'step': cfg.steps,
+                'summary': True,
+                'samples_per_s': sps,
+                'processes': d.world,
+                'global_batch': global_batch,
+            }
+        )
         plot_log(log_path, out / 'loss.png')
     return TrainResult(cfg.steps, sps, last['loss'], val_miou, model_path)
 
 
-def load_datasets(cfg: TrainConfig, data: str | os.PathLike[str], version: str = 'v1.0-mini',
-                  val_data: str | os.PathLike[str] | None = None, val_version: str | None = None,
-                  scenes: Sequence[str] | None = None, val_scenes: Sequence[str] | None = None,
-                  ) -> tuple[Occ3DDataset, Occ3DDataset | None]:
+def load_datasets(
+    cfg: TrainConfig,
+    data: str | os.PathLike[str],
+    version: str = 'v1.0-mini',
+    val_data: str | os.PathLike[str] | None = None,
+    val_version: str | None = None,
+    scenes: Sequence[str] | None = None,
+    val_scenes: Sequence[str] | None = None,
+) -> tuple[Occ3DDataset, Occ3DDataset | None]:
     """The training set (with ``cfg.augmentation``) and the validation set (none) for ``cfg``'s model."""
     model_cfg = cfg.model_config()
-    train_set = Occ3DDataset(data, model_cfg, version=version, scenes=scenes, augmentation=cfg.augmentation,
-                             use_sweeps=cfg.use_sweeps)
+    train_set = Occ3DDataset(
+        data, model_cfg, version=version, scenes=scenes, augmentation=cfg.augmentation, use_sweeps=cfg.use_sweeps
+    )
     val_set = None
     if val_data is not None:
-        val_set = Occ3DDataset(val_data, model_cfg, version=val_version or version, scenes=val_scenes,
-                               use_sweeps=cfg.use_sweeps)
+        val_set = Occ3DDataset(
+            val_data, model_cfg, version=val_version or version, scenes=val_scenes, use_sweeps=cfg.use_sweeps
+        )
     return train_set, val_set

@@ -11,13 +11,12 @@ import pytest
 pytest.importorskip('torch')
 
 import test_trt_fake
-from test_trt_fake import FakeCudart
-
 from occ_perception.cli import main
 from occ_perception.model.config import get_config
 from occ_perception.model.network import OccNet
 from occ_perception.runtime.engine import onnx_io_specs, shape_ranges, sidecar_path
 from occ_perception.runtime.export import export_onnx, sample_inputs
+from test_trt_fake import FakeCudart
 
 fakes = test_trt_fake.fakes  # the fake tensorrt / cuda-python fixture
 
@@ -80,8 +79,10 @@ def test_build_engine_for_a_camera_count(tmp_path: Path, tiny_onnx: Path, capsys
     onnx_path.write_bytes(tiny_onnx.read_bytes())
     engines = []
     for cameras in (4, 6):
-        assert main(['build-engine', str(onnx_path), '--config', 'tiny', '--precision', 'fp32',
-                     '--cameras', str(cameras)]) == 0
+        assert (
+            main(['build-engine', str(onnx_path), '--config', 'tiny', '--precision', 'fp32', '--cameras', str(cameras)])
+            == 0
+        )
         out = capsys.readouterr().out
         engines.append(Path(out.split('engine: ', 1)[1].strip()))
         key = json.loads(sidecar_path(engines[-1]).read_text())['key']

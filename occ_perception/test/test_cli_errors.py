@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from occ_perception import cli
 from occ_perception.cli import main
+
+from occ_perception import cli
 
 MISSING = '/nonexistent-occ-input'
 
@@ -39,7 +40,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize('argv, names, needs_torch', CASES, ids=[' '.join(c[0][:2]) + f' #{i}' for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    'argv, names, needs_torch', CASES, ids=[' '.join(c[0][:2]) + f' #{i}' for i, c in enumerate(CASES)]
+)
 def test_bad_argument_gives_one_line_and_status_2(argv, names, needs_torch, tmp_path: Path, capsys) -> None:
     if needs_torch:
         pytest.importorskip('torch')
@@ -57,9 +60,20 @@ def test_console_command_has_no_traceback(tmp_path: Path) -> None:
     """The installed entry point, as a user runs it."""
     pytest.importorskip('torch')
     proc = subprocess.run(
-        [sys.executable, '-m', 'occ_perception.cli', 'import-flashocc', str(tmp_path / 'missing.pth'),
-         '--config', 'flashocc-m0', '--out', str(tmp_path / 'ours.pt')],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            '-m',
+            'occ_perception.cli',
+            'import-flashocc',
+            str(tmp_path / 'missing.pth'),
+            '--config',
+            'flashocc-m0',
+            '--out',
+            str(tmp_path / 'ours.pt'),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert 'Traceback' not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ruamel.yaml import YAML
-
 from occ_perception.cli import main as cli_main
 from occ_perception.data.bags import read_bag
 from occ_perception.data.convert import ConvertConfig, ConvertError, convert
@@ -31,6 +29,7 @@ from occ_perception.messages import (
     read_semantic_occupancy,
 )
 from occ_perception.sync import ApproximateTimeSync
+from ruamel.yaml import YAML
 
 
 def _yaml(text: str):
@@ -51,8 +50,10 @@ def dataset(tmp_path_factory):
 
 
 def _tables(root: Path) -> dict[str, list[dict]]:
-    return {n: json.loads((root / 'v1.0-mini' / f'{n}.json').read_text())
-            for n in ('scene', 'sample', 'sample_data', 'ego_pose', 'calibrated_sensor', 'sensor')}
+    return {
+        n: json.loads((root / 'v1.0-mini' / f'{n}.json').read_text())
+        for n in ('scene', 'sample', 'sample_data', 'ego_pose', 'calibrated_sensor', 'sensor')
+    }
 
 
 def _scene_records(root: Path, scene_name: str):
@@ -93,11 +94,15 @@ def test_topics_types_and_counts_follow_the_tables(dataset):
         expected['/lidar_top/points'] = len(by_channel['LIDAR_TOP'])
         for topic in ('/occupancy/ground_truth', '/occupancy/ground_truth/flow', '/occupancy/ground_truth/mask_camera'):
             expected[topic] = len(samples)
-        types = {'/tf_static': 'tf2_msgs/msg/TFMessage', '/tf': 'tf2_msgs/msg/TFMessage', '/odom': 'nav_msgs/msg/Odometry',
-                 '/lidar_top/points': 'sensor_msgs/msg/PointCloud2',
-                 '/occupancy/ground_truth': 'occ_perception_msgs/msg/SemanticOccupancy',
-                 '/occupancy/ground_truth/mask_camera': 'occ_perception_msgs/msg/SemanticOccupancy',
-                 '/occupancy/ground_truth/flow': 'occ_perception_msgs/msg/OccupancyFlow'}
+        types = {
+            '/tf_static': 'tf2_msgs/msg/TFMessage',
+            '/tf': 'tf2_msgs/msg/TFMessage',
+            '/odom': 'nav_msgs/msg/Odometry',
+            '/lidar_top/points': 'sensor_msgs/msg/PointCloud2',
+            '/occupancy/ground_truth': 'occ_perception_msgs/msg/SemanticOccupancy',
+            '/occupancy/ground_truth/mask_camera': 'occ_perception_msgs/msg/SemanticOccupancy',
+            '/occupancy/ground_truth/flow': 'occ_perception_msgs/msg/OccupancyFlow',
+        }
         for ch in CAMS:
             types[f'/{ch.lower()}/image_rect/compressed'] = 'sensor_msgs/msg/CompressedImage'
             types[f'/{ch.lower()}/camera_info'] = 'sensor_msgs/msg/CameraInfo'
@@ -193,7 +198,9 @@ def test_tf_chain_gives_each_sample_datas_ego_pose_and_camera_pose(dataset):
             map_base = tf_at[sd['timestamp'] * 1000]
             assert map_base.almost_equal(Transform(ego['rotation'], ego['translation']), atol=1e-9)
             # map <- sensor through the chain equals the records' composition
-            expected = Transform(ego['rotation'], ego['translation']) @ Transform(calib['rotation'], calib['translation'])
+            expected = Transform(ego['rotation'], ego['translation']) @ Transform(
+                calib['rotation'], calib['translation']
+            )
             assert (map_base @ base_sensor).almost_equal(expected, atol=1e-9)
             n += 1
     assert n == sum(len(v) for v in by_channel.values())
@@ -286,14 +293,32 @@ def test_bag_streams_through_the_synchroniser_one_set_per_camera_frame(dataset):
 def test_humble_cli_selects_scenes_and_writes_integer_qos(dataset, capsys):
     cfg, root, _ = dataset
     out = root / 'humble'
-    assert cli_main(['convert', str(cfg.out), '--gts', str(cfg.out / 'gts'), '--out', str(out),
-                     '--scenes', 'scene-0001', '--distro', 'humble', '--quiet']) == 0
+    assert (
+        cli_main(
+            [
+                'convert',
+                str(cfg.out),
+                '--gts',
+                str(cfg.out / 'gts'),
+                '--out',
+                str(out),
+                '--scenes',
+                'scene-0001',
+                '--distro',
+                'humble',
+                '--quiet',
+            ]
+        )
+        == 0
+    )
     assert 'scene-0001' in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ['scene-0001']
     meta = _yaml((out / 'scene-0001' / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
     assert meta['version'] == 8
-    qos = {t['topic_metadata']['name']: _yaml(t['topic_metadata']['offered_qos_profiles'])
-           for t in meta['topics_with_message_count']}
+    qos = {
+        t['topic_metadata']['name']: _yaml(t['topic_metadata']['offered_qos_profiles'])
+        for t in meta['topics_with_message_count']
+    }
     assert qos['/tf_static'][0]['durability'] == 1 and qos['/tf_static'][0]['depth'] == 1  # transient local
     assert qos['/tf'][0]['durability'] == 2  # volatile
     topics = Counter(m.topic for m in read_bag(out / 'scene-0001', distro='humble'))

@@ -66,8 +66,13 @@ def _direct(root: Path, cfg, onnx: Path, scenes: list[str] | None = None):
             token = samples[-1]['next']
         pipe = OccPipeline(backend, cfg)
         cams = [[nusc.get('sample_data', s['data'][ch]) for ch in NUSCENES_CHANNELS] for s in samples]
-        poses = [Transform(nusc.get('ego_pose', c[1]['ego_pose_token'])['rotation'],
-                           nusc.get('ego_pose', c[1]['ego_pose_token'])['translation']) for c in cams]
+        poses = [
+            Transform(
+                nusc.get('ego_pose', c[1]['ego_pose_token'])['rotation'],
+                nusc.get('ego_pose', c[1]['ego_pose_token'])['translation'],
+            )
+            for c in cams
+        ]
         lidar_rec = nusc.get('sample_data', samples[0]['data']['LIDAR_TOP'])
         lidar = nusc.get('calibrated_sensor', lidar_rec['calibrated_sensor_token'])['translation']
         all_poses = np.stack([p.matrix() for p in poses])
@@ -97,8 +102,24 @@ def _same(a, b) -> bool:
 def test_eval_writes_files_equal_to_a_direct_computation(setup, tmp_path, capsys):
     root, cfg, onnx = setup
     out = tmp_path / 'eval'
-    status = cli_main(['eval', '--model', str(onnx), '--config', 'tiny', '--history', '2', '--dataroot', str(root),
-                       '--out', str(out), '--threads', '1', '--quiet'])
+    status = cli_main(
+        [
+            'eval',
+            '--model',
+            str(onnx),
+            '--config',
+            'tiny',
+            '--history',
+            '2',
+            '--dataroot',
+            str(root),
+            '--out',
+            str(out),
+            '--threads',
+            '1',
+            '--quiet',
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert 'mIoU' in printed and 'frames/s' in printed
@@ -132,8 +153,12 @@ def test_eval_options(setup, tmp_path, capsys):
     root, cfg, onnx = setup
     out = tmp_path / 'one'
     args = ['eval', '--model', str(onnx), '--history', '2', '--dataroot', str(root), '--quiet']
-    assert cli_main(args + ['--out', str(out), '--scenes', 'scene-0001', '--max-frames', '2', '--mask', 'none',
-                            '--no-history']) == 0
+    assert (
+        cli_main(
+            args + ['--out', str(out), '--scenes', 'scene-0001', '--max-frames', '2', '--mask', 'none', '--no-history']
+        )
+        == 0
+    )
     data = json.loads((out / 'metrics.json').read_text())
     assert data['frames'] == 2 and data['dataset']['scenes'] == ['scene-0001']
     assert data['use_history'] is False and data['mask'] == 'none'
@@ -152,6 +177,7 @@ def test_eval_options(setup, tmp_path, capsys):
         err = capsys.readouterr().err
         assert status == 2, extra
         assert needle in err and err.count('\n') == 1 and err.startswith('occ-perception eval: error:'), err
-    status = cli_main(['eval', '--model', str(tmp_path / 'missing.onnx'), '--dataroot', str(root), '--out',
-                       str(tmp_path / 'x')])
+    status = cli_main(
+        ['eval', '--model', str(tmp_path / 'missing.onnx'), '--dataroot', str(root), '--out', str(tmp_path / 'x')]
+    )
     assert status == 2 and 'missing.onnx' in capsys.readouterr().err

@@ -90,17 +90,26 @@ def test_export_graph_interface_and_ops(exports: dict, name: str, history: int) 
     assert 'AffineGrid' not in ops
     # table lengths and the camera count are dynamic
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
-    assert isinstance(dims['images'][0], str) and dims['images'][1:] == [net.config.image_size[1], net.config.image_size[0], 3]
+    assert isinstance(dims['images'][0], str) and dims['images'][1:] == [
+        net.config.image_size[1],
+        net.config.image_size[0],
+        3,
+    ]
     assert all(isinstance(d, str) for d in dims['splat_depth_index'] + dims['splat_reduce_2'])
     assert dims['splat_cell_index'] == [40000]
 
 
 def test_op_check_rejects_scatter_and_custom_domain() -> None:
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node('ScatterElements', ['x', 'i', 'u'], ['y'], reduction='add'),
-         onnx.helper.make_node('BevPoolV2', ['y'], ['z'], domain='mmdeploy')],
-        'g', [], [])
-    with pytest.raises(ExportError, match=r"ScatterElements.*mmdeploy::BevPoolV2|mmdeploy::BevPoolV2.*ScatterElements"):
+        [
+            onnx.helper.make_node('ScatterElements', ['x', 'i', 'u'], ['y'], reduction='add'),
+            onnx.helper.make_node('BevPoolV2', ['y'], ['z'], domain='mmdeploy'),
+        ],
+        'g',
+        [],
+        [],
+    )
+    with pytest.raises(ExportError, match=r'ScatterElements.*mmdeploy::BevPoolV2|mmdeploy::BevPoolV2.*ScatterElements'):
         check_op_set(onnx.helper.make_model(graph))
 
 
@@ -128,8 +137,15 @@ def perturbed_rig() -> Rig:
     cams = []
     for i, cam in enumerate(c for c in base.cameras if c.name != 'cam_back'):
         nudge = Transform.from_yaw(np.deg2rad(4.0) * (-1) ** i, (0.15, -0.1, 0.05))
-        cams.append(Camera(cam.name, cam.intrinsics * np.array([[1.03], [1.03], [1.0]]), cam.width, cam.height,
-                           nudge @ cam.cam_to_ego))
+        cams.append(
+            Camera(
+                cam.name,
+                cam.intrinsics * np.array([[1.03], [1.03], [1.0]]),
+                cam.width,
+                cam.height,
+                nudge @ cam.cam_to_ego,
+            )
+        )
     return Rig(tuple(cams))
 
 
@@ -174,8 +190,10 @@ def test_history_warp_follows_ego_motion() -> None:
     grid = get_config('tiny').grid
     warp = HistoryWarp((200, 200))
     prev = torch.randn(1, 3, 200, 200)
-    identity = torch.tensor(bev_warp_affine(Transform.from_yaw(0.3, (5, 2, 0)), Transform.from_yaw(0.3, (5, 2, 0)), grid)[:2],
-                            dtype=torch.float32)
+    identity = torch.tensor(
+        bev_warp_affine(Transform.from_yaw(0.3, (5, 2, 0)), Transform.from_yaw(0.3, (5, 2, 0)), grid)[:2],
+        dtype=torch.float32,
+    )
     same = warp(prev, identity[None], torch.ones(1))
     torch.testing.assert_close(same, prev, atol=1e-4, rtol=1e-4)
     pose_prev = Transform.from_yaw(0.0, (10.0, 3.0, 0.0))

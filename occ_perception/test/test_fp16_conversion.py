@@ -21,7 +21,6 @@ torch = pytest.importorskip('torch')
 pytest.importorskip('modelopt.onnx.autocast', reason='needs nvidia-modelopt (test/requirements-modelopt.txt)')
 
 import onnx
-
 from occ_perception.model.config import get_config
 from occ_perception.model.network import OccNet
 from occ_perception.runtime.engine import convert_to_fp16, onnx_io_specs  # noqa: F401
@@ -30,23 +29,28 @@ from occ_perception.runtime.ort_backend import OnnxRuntimeBackend
 
 CONVERT_TIMEOUT_S = 300  # M0 converts in about 40 s on two busy cores
 
-CHILD = textwrap.dedent('''
+CHILD = textwrap.dedent("""
     import sys
     import numpy as np
     from occ_perception.runtime.engine import convert_to_fp16
     with np.load(sys.argv[3]) as data:
         feeds = {name: data[name] for name in data.files}
     convert_to_fp16(sys.argv[1], sys.argv[2], feeds)
-''')
+""")
 
 
 def convert_with_time_limit(src: Path, dst: Path, feeds: dict[str, np.ndarray]) -> Path:
     npz = dst.with_suffix('.feeds.npz')
     np.savez(npz, **feeds)
     try:
-        done = subprocess.run([sys.executable, '-c', CHILD, str(src), str(dst), str(npz)], check=False,
-                              capture_output=True,
-                              text=True, timeout=CONVERT_TIMEOUT_S, cwd=Path(__file__).resolve().parents[1])
+        done = subprocess.run(
+            [sys.executable, '-c', CHILD, str(src), str(dst), str(npz)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=CONVERT_TIMEOUT_S,
+            cwd=Path(__file__).resolve().parents[1],
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f'fp16 conversion of {src.name} did not finish within {CONVERT_TIMEOUT_S} s')
     assert done.returncode == 0, done.stderr[-3000:]

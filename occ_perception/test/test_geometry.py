@@ -104,7 +104,9 @@ def _tf_msg(store, parent: str, child: str, transform: Transform):
         header=t['std_msgs/msg/Header'](stamp=t['builtin_interfaces/msg/Time'](sec=1, nanosec=0), frame_id=parent),
         child_frame_id=child,
         transform=t['geometry_msgs/msg/Transform'](
-            translation=t['geometry_msgs/msg/Vector3'](x=transform.translation[0], y=transform.translation[1], z=transform.translation[2]),
+            translation=t['geometry_msgs/msg/Vector3'](
+                x=transform.translation[0], y=transform.translation[1], z=transform.translation[2]
+            ),
             rotation=t['geometry_msgs/msg/Quaternion'](x=x, y=y, z=z, w=w),
         ),
     )
@@ -116,8 +118,12 @@ def test_camera_info_rig_equals_calibration_rig(distro: str) -> None:
     reference = Rig.nuscenes(800, 450)
     cams = []
     for cam in reference.cameras:
-        info = store.deserialize_cdr(store.serialize_cdr(_camera_info(store, cam), 'sensor_msgs/msg/CameraInfo'), 'sensor_msgs/msg/CameraInfo')
-        raw = store.serialize_cdr(_tf_msg(store, 'base_link', cam.name, cam.cam_to_ego), 'geometry_msgs/msg/TransformStamped')
+        info = store.deserialize_cdr(
+            store.serialize_cdr(_camera_info(store, cam), 'sensor_msgs/msg/CameraInfo'), 'sensor_msgs/msg/CameraInfo'
+        )
+        raw = store.serialize_cdr(
+            _tf_msg(store, 'base_link', cam.name, cam.cam_to_ego), 'geometry_msgs/msg/TransformStamped'
+        )
         tf = store.deserialize_cdr(raw, 'geometry_msgs/msg/TransformStamped')
         cams.append(Camera.from_camera_info(info, Transform.from_msg(tf.transform)))
     rig = Rig(tuple(cams))
@@ -214,7 +220,9 @@ def test_rig_value_equality_hash_and_digest() -> None:
     cams = list(a.cameras)
     k = cams[2].intrinsics.copy()
     k[0, 2] += 1e-9
-    moved = Rig(tuple(cams[:2] + [Camera(cams[2].name, k, cams[2].width, cams[2].height, cams[2].cam_to_ego)] + cams[3:]))
+    moved = Rig(
+        tuple(cams[:2] + [Camera(cams[2].name, k, cams[2].width, cams[2].height, cams[2].cam_to_ego)] + cams[3:])
+    )
     assert moved != a and moved.digest() != a.digest() and moved.same_as(a, atol=1e-6)
     # the camera order is part of the identity
     swapped = Rig(tuple(reversed(a.cameras)))
@@ -228,8 +236,13 @@ def test_rig_digest_is_the_documented_sha256() -> None:
     import hashlib
     import struct
 
-    cam = Camera('cam_a', np.array([[500.0, 0, 320.5], [0, 501.0, 240.25], [0, 0, 1]]), 640, 480,
-                 Transform.from_xyzw([1.5, -0.25, 1.75], [0.5, -0.5, 0.5, -0.5]))
+    cam = Camera(
+        'cam_a',
+        np.array([[500.0, 0, 320.5], [0, 501.0, 240.25], [0, 0, 1]]),
+        640,
+        480,
+        Transform.from_xyzw([1.5, -0.25, 1.75], [0.5, -0.5, 0.5, -0.5]),
+    )
     h = hashlib.sha256()
     h.update(struct.pack('<q', 1))
     h.update(struct.pack('<q', 5) + b'cam_a')
@@ -241,7 +254,7 @@ def test_rig_digest_is_the_documented_sha256() -> None:
     import subprocess
     import sys
 
-    code = ('import numpy as np; from occ_perception.rig import Rig; print(Rig.nuscenes(800, 450).digest())')
+    code = 'import numpy as np; from occ_perception.rig import Rig; print(Rig.nuscenes(800, 450).digest())'
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == Rig.nuscenes(800, 450).digest()
 

@@ -6,7 +6,6 @@ import array
 
 import numpy as np
 import pytest
-
 from occ_perception.grid import CLASS_NAMES, FREE_LABEL, GridSpec, class_colors
 from occ_perception.messages import (
     POINT_DTYPE,
@@ -201,8 +200,11 @@ def test_offset_non_square_grid_through_every_message(distro: str) -> None:
     labels, flow = _offset_grid_arrays()
     types = MessageTypes.rosbags(distro)
 
-    msg = roundtrip(distro, make_semantic_occupancy(types, STAMP, 'base_link', OFFSET_GRID, labels),
-                    'occ_perception_msgs/msg/SemanticOccupancy')
+    msg = roundtrip(
+        distro,
+        make_semantic_occupancy(types, STAMP, 'base_link', OFFSET_GRID, labels),
+        'occ_perception_msgs/msg/SemanticOccupancy',
+    )
     assert (msg.info.size_x, msg.info.size_y, msg.info.size_z) == (160, 240, 16)
     assert (msg.info.origin.position.x, msg.info.origin.position.y, msg.info.origin.position.z) == (-24.0, -40.0, -1.0)
     raw = np.asarray(msg.labels)
@@ -214,8 +216,11 @@ def test_offset_non_square_grid_through_every_message(distro: str) -> None:
     np.testing.assert_array_equal(back.labels, labels)
 
     indices, velocity = flow_from_dense(labels, flow)
-    msg = roundtrip(distro, make_occupancy_flow(types, STAMP, 'base_link', OFFSET_GRID, indices, velocity),
-                    'occ_perception_msgs/msg/OccupancyFlow')
+    msg = roundtrip(
+        distro,
+        make_occupancy_flow(types, STAMP, 'base_link', OFFSET_GRID, indices, velocity),
+        'occ_perception_msgs/msg/OccupancyFlow',
+    )
     got = dict(zip(np.asarray(msg.indices).tolist(), zip(np.asarray(msg.velocity_x), np.asarray(msg.velocity_y))))
     assert got == {_flat(*index): velocity for index, _, velocity in VOXELS}
     np.testing.assert_array_equal(read_occupancy_flow(msg).dense(), flow)

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from occ_perception.grid import FREE_LABEL, GridSpec
 from occ_perception.metrics import (
     FLOW_CLASSES,
@@ -278,7 +277,7 @@ def _blocks_scene(rng):
     for c in (1, 4, 7, 10, 15):
         for _ in range(3):
             x, y, z = rng.integers(0, 26), rng.integers(0, 17), rng.integers(5, 12)
-            labels[x:x + 3, y:y + 2, z:z + 3] = c
+            labels[x : x + 3, y : y + 2, z : z + 3] = c
     labels[20:24, 0:3, 5:7] = 255
     return labels
 

@@ -13,8 +13,6 @@ import pytest
 
 torch = pytest.importorskip('torch')  # absent in the Python 3.10 compatibility run
 
-from test_splat_tables import WIDE_GRID
-
 from occ_perception.geometry import Transform, bev_warp_affine
 from occ_perception.model.bev import HistoryWarp
 from occ_perception.model.config import get_config
@@ -23,6 +21,7 @@ from occ_perception.model.network import OccNet
 from occ_perception.runtime.export import export_onnx, graph_op_types, sample_inputs
 from occ_perception.runtime.ort_backend import OnnxRuntimeBackend
 from occ_perception.runtime.torch_backend import TorchBackend
+from test_splat_tables import WIDE_GRID
 
 
 def wide_net(history: int = 0, seed: int = 0) -> OccNet:
@@ -51,10 +50,13 @@ def test_history_warp_on_non_square_grid() -> None:
     warp = HistoryWarp((160, 240))
     prev = torch.randn(1, 3, 240, 160)
     start = Transform.from_yaw(0.0, (10.0, 3.0, 0.0))
-    for motion, shifted in (((10.4, 3.0), lambda m: (m[..., :-1], prev[..., 1:])),
-                            ((10.0, 3.4), lambda m: (m[..., :-1, :], prev[..., 1:, :]))):
-        theta = torch.tensor(bev_warp_affine(start, Transform.from_yaw(0.0, (*motion, 0.0)), WIDE_GRID)[:2],
-                             dtype=torch.float32)
+    for motion, shifted in (
+        ((10.4, 3.0), lambda m: (m[..., :-1], prev[..., 1:])),
+        ((10.0, 3.4), lambda m: (m[..., :-1, :], prev[..., 1:, :])),
+    ):
+        theta = torch.tensor(
+            bev_warp_affine(start, Transform.from_yaw(0.0, (*motion, 0.0)), WIDE_GRID)[:2], dtype=torch.float32
+        )
         moved = warp(prev, theta[None], torch.ones(1))
         assert moved.shape == (1, 3, 240, 160)
         a, b = shifted(moved)
@@ -67,8 +69,9 @@ def test_forward_predict_and_encode_bev_agree() -> None:
     tables = dict(zip(net.table_names(), net.tables_from(feeds)))
     with torch.no_grad():
         labels, confidence, flow, bev_feature = net(**feeds)
-        logits, flow_p, bev_p = net.predict(feeds['images'], tables, feeds['history_bev'], feeds['history_theta'],
-                                            feeds['history_valid'])
+        logits, flow_p, bev_p = net.predict(
+            feeds['images'], tables, feeds['history_bev'], feeds['history_theta'], feeds['history_valid']
+        )
         bev_float = net.encode_bev(feeds['images'].float(), tables)
     assert labels.shape == confidence.shape == (160, 240, 16) and labels.dtype == torch.uint8
     assert flow.shape == (160, 240, 16, 2) and bev_feature.shape == (32, 240, 160)

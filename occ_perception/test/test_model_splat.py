@@ -10,8 +10,6 @@ import pytest
 
 torch = pytest.importorskip('torch')  # absent in the Python 3.10 compatibility run
 
-from test_splat_tables import sparse_rigs, wide_config
-
 from occ_perception.model.config import get_config
 from occ_perception.model.splat import Splat
 from occ_perception.model.splat_reference import splat_reference
@@ -24,6 +22,7 @@ from occ_perception.model.splat_tables import (
     splat_table_names,
 )
 from occ_perception.rig import Rig
+from test_splat_tables import sparse_rigs, wide_config
 
 
 def random_inputs(cfg, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -96,8 +96,12 @@ def test_import_random_flashocc_checkpoint(tmp_path: Path, flashocc_keys: dict) 
     assert len(report.loaded) == 430
     assert report.additions and all(k.startswith('flow_head.') for k in report.additions)
     sd = net.state_dict()
-    for key in ('img_backbone.layer3.5.conv2.weight', 'img_view_transformer.depth_net.bias',
-                'img_bev_encoder_neck.up2.2.running_var', 'occ_head.predicter.2.weight'):
+    for key in (
+        'img_backbone.layer3.5.conv2.weight',
+        'img_view_transformer.depth_net.bias',
+        'img_bev_encoder_neck.up2.2.running_var',
+        'occ_head.predicter.2.weight',
+    ):
         assert torch.equal(sd[key], state[key])
 
     # plain {'state_dict'} with a DataParallel prefix, into the exact FlashOCC structure
@@ -111,7 +115,9 @@ def test_import_random_flashocc_checkpoint(tmp_path: Path, flashocc_keys: dict) 
     out = tmp_path / 'ours.pt'
     assert cli_main(['import-flashocc', str(path), '--config', 'flashocc-m0', '--out', str(out)]) == 0
     loaded = load_checkpoint(out, get_config('flashocc-m0'))
-    assert torch.equal(loaded.state_dict()['img_neck.fpn_convs.0.conv.weight'], state['img_neck.fpn_convs.0.conv.weight'])
+    assert torch.equal(
+        loaded.state_dict()['img_neck.fpn_convs.0.conv.weight'], state['img_neck.fpn_convs.0.conv.weight']
+    )
     with pytest.raises(ModelCheckpointError, match='requested flashocc-m1'):
         load_checkpoint(out, get_config('flashocc-m1'))
 

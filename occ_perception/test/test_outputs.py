@@ -9,9 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from rosbags.interfaces import Nodetype
-from rosbags.typesys import get_types_from_msg
-
 from occ_perception.grid import CLASSES, FREE_LABEL, GridSpec, class_colors
 from occ_perception.messages import (
     FOXGLOVE_SCHEMAS_VERSION,
@@ -37,6 +34,8 @@ from occ_perception.outputs import (
     top_view,
     voxel_grid_msg,
 )
+from rosbags.interfaces import Nodetype
+from rosbags.typesys import get_types_from_msg
 
 DISTROS = ['humble', 'jazzy']
 STAMP = 1_533_151_603_512_404_000
@@ -127,12 +126,15 @@ def test_semantics_and_flow_messages_roundtrip(distro):
     conf = np.random.default_rng(1).integers(0, 256, grid.shape, dtype=np.uint8)
     frame = OccFrame(stamp_ns=STAMP, grid=grid, labels=labels, confidence=conf, flow=flow)
     types = MessageTypes.rosbags(distro)
-    sem = read_semantic_occupancy(roundtrip(distro, semantic_occupancy_msg(frame, types),
-                                            'occ_perception_msgs/msg/SemanticOccupancy'))
+    sem = read_semantic_occupancy(
+        roundtrip(distro, semantic_occupancy_msg(frame, types), 'occ_perception_msgs/msg/SemanticOccupancy')
+    )
     assert sem.grid == grid and sem.stamp_ns == STAMP and sem.frame_id == 'base_link'
     np.testing.assert_array_equal(sem.labels, labels)
     np.testing.assert_array_equal(sem.confidence, conf)
-    back = read_occupancy_flow(roundtrip(distro, occupancy_flow_msg(frame, types), 'occ_perception_msgs/msg/OccupancyFlow'))
+    back = read_occupancy_flow(
+        roundtrip(distro, occupancy_flow_msg(frame, types), 'occ_perception_msgs/msg/OccupancyFlow')
+    )
     dense = back.dense()
     np.testing.assert_array_equal(dense[labels == CAR], np.tile([3.0, -1.0], ((labels == CAR).sum(), 1)))
     assert back.indices.size == int(((labels != FREE_LABEL) & (labels != 255)).sum())
@@ -147,7 +149,7 @@ def test_pointcloud_holds_surface_voxels(distro):
     msg = roundtrip(distro, pointcloud_msg(frame, MessageTypes.rosbags(distro)), 'sensor_msgs/msg/PointCloud2')
     pts = read_pointcloud2(msg)
     surface = surface_mask(labels)
-    assert pts.size == int(surface.sum()) < int(((labels != FREE_LABEL)).sum())
+    assert pts.size == int(surface.sum()) < int((labels != FREE_LABEL).sum())
     xyz = np.stack([pts['x'], pts['y'], pts['z']], axis=1).astype(np.float64)
     index, inside = grid.point_to_index(xyz)
     assert inside.all() and surface[tuple(index.T)].all()
@@ -166,11 +168,14 @@ def test_pointcloud_holds_surface_voxels(distro):
 def test_markers_one_cube_list_per_class_and_flow_lines(distro):
     grid = _grid()
     labels, flow = _scene(grid)
-    slow = (labels == VEG)
+    slow = labels == VEG
     flow[slow] = (0.2, 0.0)  # below the speed threshold: no arrow
     frame = OccFrame(stamp_ns=STAMP, grid=grid, labels=labels, flow=flow)
-    msg = roundtrip(distro, marker_array_msg(frame, MessageTypes.rosbags(distro), min_speed=0.5),
-                    'visualization_msgs/msg/MarkerArray')
+    msg = roundtrip(
+        distro,
+        marker_array_msg(frame, MessageTypes.rosbags(distro), min_speed=0.5),
+        'visualization_msgs/msg/MarkerArray',
+    )
     marker_cls = rosbags_typestore(distro).types['visualization_msgs/msg/Marker']
     first, *cubes, lines = msg.markers
     assert first.action == marker_cls.DELETEALL
@@ -198,8 +203,9 @@ def test_markers_one_cube_list_per_class_and_flow_lines(distro):
         head = strokes[:, k, 1] - strokes[:, k, 0]
         cos = (head * -shaft).sum(axis=1) / np.linalg.norm(head, axis=1) / np.linalg.norm(shaft, axis=1)
         np.testing.assert_allclose(cos, np.cos(np.radians(25.0)), atol=1e-9)
-    np.testing.assert_allclose(strokes[:, 1, 1] + strokes[:, 2, 1] - 2 * seg[:, 1],
-                               -2 * 0.25 * np.cos(np.radians(25.0)) * shaft, atol=1e-9)
+    np.testing.assert_allclose(
+        strokes[:, 1, 1] + strokes[:, 2, 1] - 2 * seg[:, 1], -2 * 0.25 * np.cos(np.radians(25.0)) * shaft, atol=1e-9
+    )
     np.testing.assert_allclose(seg[:, 1, :2] - seg[:, 0, :2], np.tile([3.0, -1.0], (len(seg), 1)), atol=1e-9)
     # each arrow starts at the top car voxel of its column (z index 6)
     index, _ = grid.point_to_index(seg[:, 0])
@@ -222,8 +228,9 @@ def test_marker_point_cache_gives_the_same_markers():
     again = marker_array_msg(frame, types, cache=cache)
     assert again.markers[1].points[0] is cached.markers[1].points[0]  # reused, not rebuilt
     with pytest.raises(OutputsError, match='VoxelPointCache'):
-        marker_array_msg(OccFrame(stamp_ns=STAMP, grid=_grid(31), labels=np.full((31, 20, 16), 17, np.uint8)), types,
-                         cache=cache)
+        marker_array_msg(
+            OccFrame(stamp_ns=STAMP, grid=_grid(31), labels=np.full((31, 20, 16), 17, np.uint8)), types, cache=cache
+        )
 
 
 @pytest.mark.parametrize('distro', DISTROS)
@@ -240,7 +247,9 @@ def test_costmap_columns_and_layout(distro):
     conf[20, 15, :] = 0  # only a failed camera could see it -> -1
     labels[20, 15, 5] = CAR  # ... even with an obstacle label
     frame = OccFrame(stamp_ns=STAMP, grid=grid, labels=labels, confidence=conf)
-    msg = roundtrip(distro, costmap_msg(frame, MessageTypes.rosbags(distro), rough_cost=50), 'nav_msgs/msg/OccupancyGrid')
+    msg = roundtrip(
+        distro, costmap_msg(frame, MessageTypes.rosbags(distro), rough_cost=50), 'nav_msgs/msg/OccupancyGrid'
+    )
     assert (msg.info.width, msg.info.height) == (30, 20)
     assert msg.info.resolution == pytest.approx(0.4)
     assert (msg.info.origin.position.x, msg.info.origin.position.y) == (-6.0, -4.0)
@@ -325,8 +334,12 @@ def test_voxel_grid_non_square_strides_colours_and_transparency(distro):
     assert (msg.cell_stride, msg.row_stride, msg.slice_stride) == (4, 4 * 160, 4 * 160 * 240)
     assert (msg.pose.position.x, msg.pose.position.y, msg.pose.position.z) == (-32.0, -48.0, -1.0)
     assert msg.cell_size.x == msg.cell_size.y == msg.cell_size.z == pytest.approx(0.4)
-    assert [(f.name, f.offset, f.type) for f in msg.fields] == [('red', 0, 1), ('green', 1, 1), ('blue', 2, 1),
-                                                               ('alpha', 3, 1)]
+    assert [(f.name, f.offset, f.type) for f in msg.fields] == [
+        ('red', 0, 1),
+        ('green', 1, 1),
+        ('blue', 2, 1),
+        ('alpha', 3, 1),
+    ]
     assert msg.timestamp.sec * 1_000_000_000 + msg.timestamp.nanosec == STAMP and msg.frame_id == 'base_link'
     data = np.asarray(msg.data, dtype=np.uint8)
     assert data.size == 4 * grid.num_voxels
@@ -334,9 +347,12 @@ def test_voxel_grid_non_square_strides_colours_and_transparency(distro):
     # single voxels: the schema's formulas from the byte offset back to (x, y, z)
     for x, y, z in ((5, 200, 9), (150, 3, 0), (6, 200, 9)):
         i = z * msg.slice_stride + y * msg.row_stride + x * msg.cell_stride
-        assert (i // msg.slice_stride, (i % msg.slice_stride) // msg.row_stride, (i % msg.row_stride) // msg.cell_stride) \
-            == (z, y, x)
-        rgba = data[i: i + 4]
+        assert (
+            i // msg.slice_stride,
+            (i % msg.slice_stride) // msg.row_stride,
+            (i % msg.row_stride) // msg.cell_stride,
+        ) == (z, y, x)
+        rgba = data[i : i + 4]
         if labels[x, y, z] == FREE_LABEL:
             assert rgba[3] == 0
         else:
@@ -380,7 +396,7 @@ def test_render_panel_and_png(tmp_path):
     # both top views (60 x 40 voxels at 3 px) are in the panel side by side
     assert panel.shape[1] >= 2 * 40 * 3 and panel.shape[0] >= 60 * 3
     present = {tuple(int(c) for c in class_colors()[lab]) for lab in np.unique(labels) if lab != FREE_LABEL}
-    colours = {tuple(c) for c in panel.reshape(-1, 3)[:: 7].tolist()}
+    colours = {tuple(c) for c in panel.reshape(-1, 3)[::7].tolist()}
     assert len(present & colours) >= len(present) - 1  # legend swatches and top views show the classes
     path = save_png(tmp_path / 'panel.png', panel)
     back = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)

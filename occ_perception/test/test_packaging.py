@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from catkin_pkg.package import parse_package
-
 from occ_perception.messages import MSG_NAMES
 
 
@@ -47,7 +46,18 @@ def test_messages_package_generates_interfaces(repo_root: Path) -> None:
 def wheel(tmp_path_factory: pytest.TempPathFactory, package_dir: Path) -> Path:
     out = tmp_path_factory.mktemp('wheel')
     subprocess.run(
-        [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(out), str(package_dir)],
+        [
+            sys.executable,
+            '-m',
+            'pip',
+            'wheel',
+            '--no-deps',
+            '--no-build-isolation',
+            '-q',
+            '-w',
+            str(out),
+            str(package_dir),
+        ],
         check=True,
     )
     (path,) = out.glob('occ_perception-*.whl')
@@ -86,6 +96,8 @@ def test_wheel_declares_console_scripts_and_no_hard_requirements(wheel: Path) ->
 
 def test_cli_runs(tmp_path: Path) -> None:
     # from another folder: in the repository root, the ament package folder occ_perception/ would shadow the module
-    result = subprocess.run([sys.executable, '-m', 'occ_perception.cli', 'info'], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, '-m', 'occ_perception.cli', 'info'], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert 'occ_perception' in result.stdout and 'numpy' in result.stdout

@@ -160,16 +160,28 @@ def test_history_free_model_skips_the_cache_and_bytes_equal_messages(world, mode
     # a raw sensor_msgs/Image for one camera goes through the same path
     raw = list(_messages(frame, T0 + 1))
     rgb = cv2.cvtColor(cv2.imread(frame.image_paths[2]), cv2.COLOR_BGR2RGB)
-    raw[2] = Image(header=raw[2].header, height=rgb.shape[0], width=rgb.shape[1], encoding='rgb8', is_bigendian=0,
-                   step=rgb.shape[1] * 3, data=rgb.reshape(-1))
+    raw[2] = Image(
+        header=raw[2].header,
+        height=rgb.shape[0],
+        width=rgb.shape[1],
+        encoding='rgb8',
+        is_bigendian=0,
+        step=rgb.shape[1] * 3,
+        data=rgb.reshape(-1),
+    )
     c = pipe.process(raw, frame.pose, rig)
     assert c.stamp_ns == T0 + 1 and c.labels.shape == cfg.grid.shape
 
 
 def _moved(rig: Rig, dx: float) -> Rig:
     first = rig.cameras[0]
-    moved = Camera(first.name, first.intrinsics, first.width, first.height,
-                   Transform(first.cam_to_ego.rotation, first.cam_to_ego.translation + np.array([dx, 0.0, 0.0])))
+    moved = Camera(
+        first.name,
+        first.intrinsics,
+        first.width,
+        first.height,
+        Transform(first.cam_to_ego.rotation, first.cam_to_ego.translation + np.array([dx, 0.0, 0.0])),
+    )
     return Rig((moved,) + rig.cameras[1:])
 
 
@@ -326,5 +338,6 @@ def test_non_square_off_centre_grid_through_the_torch_backend(world):
     assert rec.feeds[1]['history_valid'].tolist() == [1.0, 0.0]
     np.testing.assert_array_equal(rec.feeds[1]['history_bev'][0], rec.results[0]['bev_feature'])
     bev_grid = bev_grid_for(grid, pipe.feature_shape)
-    np.testing.assert_allclose(rec.feeds[1]['history_theta'][0],
-                               bev_warp_affine(scenes[0][0].pose, scenes[0][1].pose, bev_grid)[:2], rtol=1e-6)
+    np.testing.assert_allclose(
+        rec.feeds[1]['history_theta'][0], bev_warp_affine(scenes[0][0].pose, scenes[0][1].pose, bev_grid)[:2], rtol=1e-6
+    )

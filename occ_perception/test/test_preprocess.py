@@ -5,8 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from rosbags.typesys import Stores, get_typestore
-
 from occ_perception.preprocess import (
     PreprocessError,
     Preprocessor,
@@ -16,6 +14,7 @@ from occ_perception.preprocess import (
     reduction_factor,
 )
 from occ_perception.rig import ImageTransform, Rig
+from rosbags.typesys import Stores, get_typestore
 
 STORE = get_typestore(Stores.ROS2_JAZZY)
 CompressedImage = STORE.types['sensor_msgs/msg/CompressedImage']
@@ -39,8 +38,15 @@ def _raw(pixels: np.ndarray, encoding: str, frame: str = 'cam', pad: int = 0) ->
     rows = pixels.reshape(h, -1)
     if pad:
         rows = np.concatenate([rows, np.full((h, pad), 0xAB, np.uint8)], axis=1)
-    return Image(header=_header(frame), height=h, width=w, encoding=encoding, is_bigendian=0,
-                 step=rows.shape[1], data=np.ascontiguousarray(rows).reshape(-1))
+    return Image(
+        header=_header(frame),
+        height=h,
+        width=w,
+        encoding=encoding,
+        is_bigendian=0,
+        step=rows.shape[1],
+        data=np.ascontiguousarray(rows).reshape(-1),
+    )
 
 
 def _encode(rgb: np.ndarray, ext: str = '.jpg', quality: int = 95) -> bytes:
@@ -65,7 +71,7 @@ def _spot_image(width: int, height: int, u0: float, v0: float, radius: float = 6
     """Black image with a bright disc centred at continuous source point (u0, v0) (pixel i covers [i, i+1))."""
     u = np.arange(width) + 0.5
     v = np.arange(height)[:, None] + 0.5
-    disc = ((u - u0) ** 2 + (v - v0) ** 2 <= radius ** 2).astype(np.uint8) * 255
+    disc = ((u - u0) ** 2 + (v - v0) ** 2 <= radius**2).astype(np.uint8) * 255
     return np.repeat(disc[:, :, None], 3, axis=2)
 
 
@@ -80,7 +86,7 @@ def _centroid(image: np.ndarray) -> np.ndarray:
 def _reference(rgb: np.ndarray, tf: ImageTransform) -> np.ndarray:
     """Full-size image, one cv2.resize (pixel area) by tf.scale, crop."""
     resized = cv2.resize(rgb, None, fx=tf.scale, fy=tf.scale, interpolation=cv2.INTER_AREA)
-    return resized[tf.crop_y: tf.crop_y + tf.out_height, tf.crop_x: tf.crop_x + tf.out_width]
+    return resized[tf.crop_y : tf.crop_y + tf.out_height, tf.crop_x : tf.crop_x + tf.out_width]
 
 
 @pytest.fixture(scope='module')
@@ -206,10 +212,30 @@ def test_errors_name_the_camera(rig, jpegs):
         'unknown format': (_compressed(data[2], bad_cam, fmt='tiff'), "format 'tiff'"),
         'unknown encoding': (_raw(np.zeros((900, 1600, 2), np.uint8), 'yuv422', bad_cam), "encoding 'yuv422'"),
         'raw wrong size': (_raw(np.zeros((450, 800, 3), np.uint8), 'rgb8', bad_cam), '800x450'),
-        'raw short data': (Image(header=_header(bad_cam), height=900, width=1600, encoding='rgb8', is_bigendian=0,
-                                 step=4800, data=np.zeros(4800 * 899, np.uint8)), 'expected step 4800'),
-        'raw short step': (Image(header=_header(bad_cam), height=900, width=1600, encoding='rgb8', is_bigendian=0,
-                                 step=1600, data=np.zeros(4800 * 900, np.uint8)), 'step 1600 is shorter'),
+        'raw short data': (
+            Image(
+                header=_header(bad_cam),
+                height=900,
+                width=1600,
+                encoding='rgb8',
+                is_bigendian=0,
+                step=4800,
+                data=np.zeros(4800 * 899, np.uint8),
+            ),
+            'expected step 4800',
+        ),
+        'raw short step': (
+            Image(
+                header=_header(bad_cam),
+                height=900,
+                width=1600,
+                encoding='rgb8',
+                is_bigendian=0,
+                step=1600,
+                data=np.zeros(4800 * 900, np.uint8),
+            ),
+            'step 1600 is shorter',
+        ),
     }
     with Preprocessor(rig, OUT, threads=2) as pre:
         for msg, pattern in cases.values():

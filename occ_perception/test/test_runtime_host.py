@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
-
 from occ_perception.runtime.base import (
     BackendError,
     TensorSpec,
@@ -37,6 +35,7 @@ from occ_perception.runtime.trt_backend import (
     engine_io_specs,
     engine_profile,
 )
+from onnx import TensorProto, helper
 
 SPECS = (
     TensorSpec('images', 'uint8', (6, 16, 32, 3)),
@@ -102,7 +101,6 @@ def test_check_feeds_names_the_bad_input() -> None:
     bad['images'] = bad['images'][:5]
     with pytest.raises(BackendError, match=r'images.*shape \[5, 16, 32, 3\]'):
         check_feeds(SPECS, bad, 'graph')
-
 
 
 def test_check_feeds_accepts_torch_tensors() -> None:
@@ -179,7 +177,9 @@ def test_engine_key_and_path(tmp_path: Path) -> None:
         EngineKey.create(path, '10.13.0.35', gpu, 'fp32', ranges, 4 << 30),
         EngineKey.create(path, '10.13.0.35', gpu, 'fp16', other_ranges, 4 << 30),
         EngineKey.create(path, '10.13.0.35', gpu, 'fp16', ranges, 2 << 30),
-        EngineKey.create(small_graph(tmp_path / 'other.onnx', weight_seed=1), '10.13.0.35', gpu, 'fp16', ranges, 4 << 30),
+        EngineKey.create(
+            small_graph(tmp_path / 'other.onnx', weight_seed=1), '10.13.0.35', gpu, 'fp16', ranges, 4 << 30
+        ),
     ]
     names = {v.engine_path(path) for v in variants}
     assert engine not in names and len(names) == len(variants)
@@ -260,7 +260,6 @@ def test_engine_io_specs_map_tensorrt_types_and_dynamic_dims() -> None:
     with pytest.raises(BackendError, match='BF16'):
         engine_io_specs(bf16)
     assert set(TRT_DTYPES.values()) <= {'float32', 'float16', 'int8', 'int32', 'int64', 'bool', 'uint8'}
-
 
 
 def test_tensorrt_dtypes_exist_in_torch() -> None:

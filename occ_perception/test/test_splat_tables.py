@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from occ_perception.geometry import Transform
 from occ_perception.grid import GridSpec
 from occ_perception.model.config import ModelConfig, get_config
@@ -37,8 +36,13 @@ def wide_config() -> ModelConfig:
 
 def sky_camera() -> Camera:
     """A camera 1 km up looking at the sky: it sees nothing of any grid."""
-    return Camera('cam_sky', np.array([[500.0, 0, 400], [0, 500.0, 225], [0, 0, 1]]), 800, 450,
-                  Transform.from_matrix(np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 1000], [0, 0, 0, 1]])))
+    return Camera(
+        'cam_sky',
+        np.array([[500.0, 0, 400], [0, 500.0, 225], [0, 0, 1]]),
+        800,
+        450,
+        Transform.from_matrix(np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 1000], [0, 0, 0, 1]])),
+    )
 
 
 def sparse_rigs() -> dict[str, tuple[ModelConfig, Rig]]:
@@ -59,15 +63,22 @@ def sparse_rigs() -> dict[str, tuple[ModelConfig, Rig]]:
 
 
 def test_table_module_does_not_import_torch() -> None:
-    code = ('import sys; import occ_perception.model.splat_tables, occ_perception.tensors; '
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        'import sys; import occ_perception.model.splat_tables, occ_perception.tensors; '
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, '-c', code], cwd=PACKAGE_DIR, check=True)
 
 
 def test_table_names() -> None:
     assert len(SPLAT_CHUNKS) == 2
-    assert splat_table_names() == ('splat_depth_index', 'splat_feat_index', 'splat_reduce_1', 'splat_reduce_2',
-                                   'splat_cell_index')
+    assert splat_table_names() == (
+        'splat_depth_index',
+        'splat_feat_index',
+        'splat_reduce_1',
+        'splat_reduce_2',
+        'splat_cell_index',
+    )
 
 
 @pytest.mark.parametrize('case', sorted(sparse_rigs()))
@@ -150,8 +161,17 @@ def test_frustum_geometry_projects_back() -> None:
 
 def test_binning_truncates_toward_zero_like_flashocc() -> None:
     cfg = get_config('tiny')
-    pts = np.array([[-40.2, 0.0, 0.0], [-40.5, 0.0, 0.0], [39.99, 39.99, 5.3], [40.0, 0.0, 0.0], [0.0, 0.0, -1.5],
-                    [0.0, 0.0, 5.4], [np.nan, 0.0, 0.0]])
+    pts = np.array(
+        [
+            [-40.2, 0.0, 0.0],
+            [-40.5, 0.0, 0.0],
+            [39.99, 39.99, 5.3],
+            [40.0, 0.0, 0.0],
+            [0.0, 0.0, -1.5],
+            [0.0, 0.0, 5.4],
+            [np.nan, 0.0, 0.0],
+        ]
+    )
     cells = bev_cells(cfg, pts)
     assert cells[0] == 100 * 200 + 0  # (-0.5 cell) truncates to cell 0, as in FlashOCC
     assert cells[1] == -1
@@ -165,8 +185,18 @@ def test_binning_on_a_non_square_off_centre_grid() -> None:
     """Cell ``iy * X + ix`` with X = 160, Y = 240; the ego sits at (ix, iy) = (60, 100), not in the middle."""
     cfg = wide_config()
     assert cfg.bev_size == (160, 240)
-    pts = np.array([[0.1, 0.1, 0.0], [39.9, 0.1, 0.0], [0.1, 55.9, 0.0], [-23.9, -39.9, 0.0], [40.1, 0.0, 0.0],
-                    [0.0, 56.1, 0.0], [0.0, -40.5, 0.0], [50.0, 50.0, 0.0]])
+    pts = np.array(
+        [
+            [0.1, 0.1, 0.0],
+            [39.9, 0.1, 0.0],
+            [0.1, 55.9, 0.0],
+            [-23.9, -39.9, 0.0],
+            [40.1, 0.0, 0.0],
+            [0.0, 56.1, 0.0],
+            [0.0, -40.5, 0.0],
+            [50.0, 50.0, 0.0],
+        ]
+    )
     cells = bev_cells(replace(cfg, truncate_bins=False), pts)
     assert list(cells) == [100 * 160 + 60, 100 * 160 + 159, 239 * 160 + 60, 0, -1, -1, -1, -1]
     # the nuScenes rig sees the whole 64 m x 96 m area around it; the front camera only x > 0 (ix >= 60)

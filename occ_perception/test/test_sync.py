@@ -14,7 +14,6 @@ import random
 from collections import Counter
 
 import pytest
-
 from occ_perception.sync import (
     DROP_REASONS,
     ApproximateTimeSync,
@@ -45,9 +44,13 @@ def _check_accounting(messages, sets, drops, num_streams):
 
 
 def test_newest_arrival_picks_the_nearest_stamps_not_the_oldest():
-    msgs = [(0, 0, 'a0'), (1, 50 * MS, 'b50'),  # b50: stream 0 has 0 (50 ms away), spread 50 < 100 -> set
-            (0, 200 * MS, 'a200'), (0, 300 * MS, 'a300'),  # wait in stream 0
-            (1, 260 * MS, 'b260')]  # candidates 300 (40 ms) then 200 (60 ms): 300 first, spread 40 -> set
+    msgs = [
+        (0, 0, 'a0'),
+        (1, 50 * MS, 'b50'),  # b50: stream 0 has 0 (50 ms away), spread 50 < 100 -> set
+        (0, 200 * MS, 'a200'),
+        (0, 300 * MS, 'a300'),  # wait in stream 0
+        (1, 260 * MS, 'b260'),
+    ]  # candidates 300 (40 ms) then 200 (60 ms): 300 first, spread 40 -> set
     sets, drops = synchronise(msgs, 2, queue_size=10, slop=0.1)
     assert _sets(sets) == [(0, 50 * MS), (300 * MS, 260 * MS)]
     assert sets[1].payloads == ('a300', 'b260')
@@ -84,14 +87,20 @@ def test_equal_distances_keep_queue_order_and_a_replaced_stamp_keeps_its_place()
 
 def test_overflow_drops_the_oldest_stamp_even_the_arrival_itself():
     # queue_size 2: stream 0 gets 0, 100, 200 -> 0 is pushed out.
-    msgs = [(0, 0, 'a'), (0, 100 * MS, 'b'), (0, 200 * MS, 'c'),
-            (0, 50 * MS, 'late'),  # older than everything in the full queue: pushed out at once, never matched
-            (1, 60 * MS, 'd'),  # 100 is 40 ms away: set (100, 60); 50 would have been nearer but is gone
-            ]
+    msgs = [
+        (0, 0, 'a'),
+        (0, 100 * MS, 'b'),
+        (0, 200 * MS, 'c'),
+        (0, 50 * MS, 'late'),  # older than everything in the full queue: pushed out at once, never matched
+        (1, 60 * MS, 'd'),  # 100 is 40 ms away: set (100, 60); 50 would have been nearer but is gone
+    ]
     sets, drops = synchronise(msgs, 2, queue_size=2, slop=0.05)
     assert _sets(sets) == [(100 * MS, 60 * MS)]
-    assert drops == [Drop(0, 0, 'a', 'queue_overflow'), Drop(0, 50 * MS, 'late', 'queue_overflow'),
-                     Drop(0, 200 * MS, 'c', 'left_at_end')]
+    assert drops == [
+        Drop(0, 0, 'a', 'queue_overflow'),
+        Drop(0, 50 * MS, 'late', 'queue_overflow'),
+        Drop(0, 200 * MS, 'c', 'left_at_end'),
+    ]
     _check_accounting(msgs, sets, drops, 2)
 
 
@@ -152,8 +161,9 @@ def reference_run(messages, num_streams, queue_size, slop):
         for other in range(num_streams):
             if other == stream:
                 continue
-            cands = sorted([(s, abs(s - stamp)) for s in queues[other] if not abs(s - stamp) > slop_ns],
-                           key=lambda x: x[1])
+            cands = sorted(
+                [(s, abs(s - stamp)) for s in queues[other] if not abs(s - stamp) > slop_ns], key=lambda x: x[1]
+            )
             if not cands:
                 lists = None
                 break
@@ -209,8 +219,10 @@ def test_random_streams_match_the_reference_and_account_for_every_message(seed):
     assert all(s.spread_ns < int(slop * 1e9) for s in sets)
     if seed % 4 == 3:
         assert sets == []  # a dead camera: no complete set
-    print(f'seed {seed}: q={queue_size} slop={slop}: {len(messages)} messages, {len(sets)} sets, '
-          f'drops {dict(Counter(d.reason for d in drops))}')
+    print(
+        f'seed {seed}: q={queue_size} slop={slop}: {len(messages)} messages, {len(sets)} sets, '
+        f'drops {dict(Counter(d.reason for d in drops))}'
+    )
 
 
 def test_random_streams_produce_sets_and_every_drop_reason():

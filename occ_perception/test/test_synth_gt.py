@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from occ_perception.data.synth_gt import (
     RANGE_TOLERANCE,
     GroundTruthError,
@@ -92,8 +91,10 @@ def test_visible_voxels_project_onto_pixels_of_their_class_and_depth():
         rig = Rig.nuscenes(800, 450)  # the mask rays do not depend on the image size
         gt = ground_truth(world, state, rig, LIDAR)
         cls, depth, n = _per_camera_consistency(world, state, rig, gt)
-        print(f'seed {seed}, 800x450: {n} visible occupied voxels; class agreement {cls:.4f}, '
-              f'depth within one voxel diagonal {depth:.4f}')
+        print(
+            f'seed {seed}, 800x450: {n} visible occupied voxels; class agreement {cls:.4f}, '
+            f'depth within one voxel diagonal {depth:.4f}'
+        )
         assert n > 3000
         agree_cls += cls * n
         agree_depth += depth * n
@@ -171,8 +172,10 @@ def test_voxels_behind_a_building_are_not_seen_and_free_space_before_it_is(scene
             clear &= ~(ok & occupied[j[:, 0], j[:, 1], j[:, 2]])
     idx = np.unique(idx[clear], axis=0)
     seen = gt.mask_camera[idx[:, 0], idx[:, 1], idx[:, 2]]
-    print(f'free voxels with a clear line of sight halfway to visible walls: {len(idx)}, '
-          f'in mask_camera: {seen.mean():.4f}')
+    print(
+        f'free voxels with a clear line of sight halfway to visible walls: {len(idx)}, '
+        f'in mask_camera: {seen.mean():.4f}'
+    )
     assert len(idx) > 50 and seen.all()
 
 
@@ -233,9 +236,15 @@ def test_objects_land_in_the_right_voxels_of_an_offset_non_square_grid() -> None
     state = replace(state, ego_pose=ego, obj_xy=obj_xy, obj_yaw=obj_yaw, obj_velocity=np.zeros((n, 2)))
     world = replace(
         world,
-        prim_owner=np.array([0, 1]), prim_kind=np.array([BOX, BOX]), prim_center=np.c_[np.zeros((2, 2)), half[:, 2]],
-        prim_half=half, prim_yaw=np.zeros(2), prim_label=labels, prim_color=np.full((2, 3), 0.5),
-        prim_style=np.zeros(2, dtype=world.prim_style.dtype), prim_seed=np.zeros(2, dtype=world.prim_seed.dtype),
+        prim_owner=np.array([0, 1]),
+        prim_kind=np.array([BOX, BOX]),
+        prim_center=np.c_[np.zeros((2, 2)), half[:, 2]],
+        prim_half=half,
+        prim_yaw=np.zeros(2),
+        prim_label=labels,
+        prim_color=np.full((2, 3), 0.5),
+        prim_style=np.zeros(2, dtype=world.prim_style.dtype),
+        prim_seed=np.zeros(2, dtype=world.prim_seed.dtype),
     )
     sem, owner, _ = voxelize(world, state, OFFSET_GRID)
     assert sem.shape == owner.shape == (160, 240, 16)

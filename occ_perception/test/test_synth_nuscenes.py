@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from occ_perception.cli import main as cli_main
 from occ_perception.data.synth_nuscenes import (
     CAMERA_CHANNELS,
@@ -139,8 +138,10 @@ def test_devkit_loads_and_agrees_with_the_generator(dataset):
 
 def test_same_seed_gives_identical_files(tmp_path):
     """Two runs with one seed give the same bytes, whether scenes are written in one process or two."""
-    cfgs = [SynthConfig(out=tmp_path / name, scenes=2, seconds=1.0, seed=11, width=200, height=112, jobs=jobs)
-            for name, jobs in (('a', 1), ('b', 2))]
+    cfgs = [
+        SynthConfig(out=tmp_path / name, scenes=2, seconds=1.0, seed=11, width=200, height=112, jobs=jobs)
+        for name, jobs in (('a', 1), ('b', 2))
+    ]
     for cfg in cfgs:
         generate_dataset(cfg, progress=False)
     files_a = sorted(p.relative_to(cfgs[0].out) for p in Path(cfgs[0].out).rglob('*') if p.is_file())
@@ -157,15 +158,33 @@ def test_same_seed_gives_identical_files(tmp_path):
 
 
 def test_bad_arguments_are_named(tmp_path):
-    for kwargs, name in ((dict(scenes=0), 'scenes'), (dict(seconds=-1.0), 'seconds'), (dict(width=3), 'width'),
-                         (dict(seed=-2), 'seed')):
+    for kwargs, name in (
+        (dict(scenes=0), 'scenes'),
+        (dict(seconds=-1.0), 'seconds'),
+        (dict(width=3), 'width'),
+        (dict(seed=-2), 'seed'),
+    ):
         with pytest.raises(SynthError, match=name):
             generate_dataset(SynthConfig(out=tmp_path, **kwargs), progress=False)
 
 
 def test_cli_writes_a_dataset_and_reports_timings(tmp_path, capsys):
-    rc = cli_main(['synth', '--out', str(tmp_path), '--scenes', '1', '--seconds', '0.5', '--width', '160',
-                   '--height', '90', '--quiet'])
+    rc = cli_main(
+        [
+            'synth',
+            '--out',
+            str(tmp_path),
+            '--scenes',
+            '1',
+            '--seconds',
+            '0.5',
+            '--width',
+            '160',
+            '--height',
+            '90',
+            '--quiet',
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert 'per keyframe' in out and 'classes' in out

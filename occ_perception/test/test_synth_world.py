@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from occ_perception.data.synth_world import WorldError, generate_world
 from occ_perception.geometry import yaw_of
 from occ_perception.grid import CLASS_NAMES
@@ -20,15 +19,26 @@ def test_same_seed_same_world_other_seed_other_world(world):
     for name in ('prim_center', 'prim_half', 'prim_color', 'obj_s0', 'obj_rate', 'obj_static_xy', 'ground', 'dist'):
         np.testing.assert_array_equal(getattr(world, name), getattr(again, name), err_msg=name)
     other = generate_world(8, duration_s=6.0)
-    assert other.prim_center.shape != world.prim_center.shape or not np.array_equal(other.prim_center,
-                                                                                     world.prim_center)
+    assert other.prim_center.shape != world.prim_center.shape or not np.array_equal(
+        other.prim_center, world.prim_center
+    )
 
 
 def test_world_has_most_classes_and_every_kind_of_thing(world):
     present = world.classes_present()
     assert len(present - {17}) >= 14, [CLASS_NAMES[c] for c in present]
-    for name in ('driveable_surface', 'sidewalk', 'terrain', 'manmade', 'vegetation', 'car', 'pedestrian',
-                 'barrier', 'traffic_cone', 'bicycle'):
+    for name in (
+        'driveable_surface',
+        'sidewalk',
+        'terrain',
+        'manmade',
+        'vegetation',
+        'car',
+        'pedestrian',
+        'barrier',
+        'traffic_cone',
+        'bicycle',
+    ):
         assert CLASS_NAMES.index(name) in present, name
     assert {'vehicle.car', 'human.pedestrian.adult'} <= set(world.obj_category)
 
@@ -67,6 +77,7 @@ def test_velocity_is_the_derivative_of_position(world):
 
 def _footprints_overlap(c1, y1, h1, c2, y2, h2) -> bool:
     """Separating-axis test of two oriented rectangles (centre, yaw, half sizes)."""
+
     def axes(y):
         return [np.array([np.cos(y), np.sin(y)]), np.array([-np.sin(y), np.cos(y)])]
 
@@ -101,7 +112,8 @@ def test_nothing_collides_during_the_scene(seed):
             if moving[i] or moving[j]:
                 assert not _footprints_overlap(centers[i], yaws[i], half[i], centers[j], yaws[j], half[j]), (
                     f't={t}: objects {i} ({world.obj_category[i] if i < n else "ego"}) and '
-                    f'{j} ({world.obj_category[j] if j < n else "ego"}) overlap')
+                    f'{j} ({world.obj_category[j] if j < n else "ego"}) overlap'
+                )
 
 
 def test_bad_arguments_are_named():

@@ -271,7 +271,9 @@ def test_warp_of_static_world_matches_map_at_new_pose(motion) -> None:
     assert history.valid[0] == 1.0
     theta = torch.from_numpy(history.theta)
     sample = F.affine_grid(theta, (1, 1, 200, 200), align_corners=True)
-    warped = F.grid_sample(torch.from_numpy(history.bev), sample, align_corners=True, padding_mode='zeros')[0, 0].numpy()
+    warped = F.grid_sample(torch.from_numpy(history.bev), sample, align_corners=True, padding_mode='zeros')[
+        0, 0
+    ].numpy()
     expected = bev_of_world(cur_pose, c.bev_grid)[0]
     inside = (sample[0].abs() <= 1.0).all(-1).numpy()  # cells that the previous map covers
     assert inside.mean() > 0.6

@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
-
 from occ_perception.runtime.base import BackendError, TensorSpec
 from occ_perception.runtime.engine import (
     EngineError,
@@ -31,6 +29,7 @@ from occ_perception.runtime.engine import (
     sidecar_path,
 )
 from occ_perception.runtime.trt_backend import TensorRTBackend
+from onnx import TensorProto, helper
 
 INPUTS = (TensorSpec('images', 'uint8', (None, 4, 8, 3)), TensorSpec('table', 'int64', (None,)))
 OUTPUTS = (TensorSpec('labels', 'uint8', (None,)), TensorSpec('score', 'float32', (None, 4)))
@@ -45,13 +44,20 @@ def graph(path: Path, scale: float = 2.0) -> Path:
         helper.make_node('Cast', ['table'], ['labels'], to=TensorProto.UINT8),
     ]
     g = helper.make_graph(
-        nodes, 'fake',
-        [helper.make_tensor_value_info('images', TensorProto.UINT8, ['cams', 4, 8, 3]),
-         helper.make_tensor_value_info('table', TensorProto.INT64, ['n'])],
-        [helper.make_tensor_value_info('labels', TensorProto.UINT8, ['n']),
-         helper.make_tensor_value_info('score', TensorProto.FLOAT, ['n', 4])],
-        initializer=[helper.make_tensor('axis1', TensorProto.INT64, [1], [1]),
-                     helper.make_tensor('w', TensorProto.FLOAT, [1, 4], [scale, 2 * scale, 3 * scale, 4 * scale])],
+        nodes,
+        'fake',
+        [
+            helper.make_tensor_value_info('images', TensorProto.UINT8, ['cams', 4, 8, 3]),
+            helper.make_tensor_value_info('table', TensorProto.INT64, ['n']),
+        ],
+        [
+            helper.make_tensor_value_info('labels', TensorProto.UINT8, ['n']),
+            helper.make_tensor_value_info('score', TensorProto.FLOAT, ['n', 4]),
+        ],
+        initializer=[
+            helper.make_tensor('axis1', TensorProto.INT64, [1], [1]),
+            helper.make_tensor('w', TensorProto.FLOAT, [1, 4], [scale, 2 * scale, 3 * scale, 4 * scale]),
+        ],
     )
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)], ir_version=8), str(path))
     return path
@@ -59,11 +65,14 @@ def graph(path: Path, scale: float = 2.0) -> Path:
 
 def example(cams: int = 6, n: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {'images': rng.integers(0, 256, (cams, 4, 8, 3), dtype=np.uint8),
-            'table': rng.integers(0, 200, n).astype(np.int64)}
+    return {
+        'images': rng.integers(0, 256, (cams, 4, 8, 3), dtype=np.uint8),
+        'table': rng.integers(0, 200, n).astype(np.int64),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- fake cuda-python
+
 
 class cudaError_t(enum.IntEnum):
     cudaSuccess = 0
@@ -160,6 +169,7 @@ def device_array(cudart: FakeCudart, pointer: int, dtype: str, shape: tuple[int,
 
 # ---------------------------------------------------------------------------------------------- fake tensorrt
 
+
 class DataType(enum.IntEnum):
     FLOAT = 0
     HALF = 1
@@ -176,8 +186,12 @@ class TensorIOMode(enum.IntEnum):
     OUTPUT = 2
 
 
-ONNX_TO_TRT = {TensorProto.FLOAT: DataType.FLOAT, TensorProto.FLOAT16: DataType.HALF,
-               TensorProto.UINT8: DataType.UINT8, TensorProto.INT64: DataType.INT64}
+ONNX_TO_TRT = {
+    TensorProto.FLOAT: DataType.FLOAT,
+    TensorProto.FLOAT16: DataType.HALF,
+    TensorProto.UINT8: DataType.UINT8,
+    TensorProto.INT64: DataType.INT64,
+}
 
 
 class FakeNetwork:
@@ -208,8 +222,14 @@ class FakeParser:
         for mode, values in (('INPUT', model.graph.input), ('OUTPUT', model.graph.output)):
             for v in values:
                 dims = [d.dim_value if d.HasField('dim_value') else -1 for d in v.type.tensor_type.shape.dim]
-                self.network.tensors.append({'name': v.name, 'mode': mode, 'shape': dims,
-                                             'dtype': ONNX_TO_TRT[v.type.tensor_type.elem_type].name})
+                self.network.tensors.append(
+                    {
+                        'name': v.name,
+                        'mode': mode,
+                        'shape': dims,
+                        'dtype': ONNX_TO_TRT[v.type.tensor_type.elem_type].name,
+                    }
+                )
         return True
 
     @property
@@ -260,8 +280,14 @@ class FakeBuilder:
         return FakeProfile()
 
     def build_serialized_network(self, network: FakeNetwork, config: FakeConfig):
-        self.trt.builds.append({'flags': network.flags, 'builder_flags': list(config.flags),
-                                'workspace': config.pools, 'profile': config.profiles[0].shapes})
+        self.trt.builds.append(
+            {
+                'flags': network.flags,
+                'builder_flags': list(config.flags),
+                'workspace': config.pools,
+                'profile': config.profiles[0].shapes,
+            }
+        )
         plan = {'tensors': network.tensors, 'profile': config.profiles[0].shapes}
         return json.dumps(plan).encode()
 
@@ -345,7 +371,9 @@ def fake_tensorrt(version: str) -> types.ModuleType:
     trt = types.ModuleType('tensorrt')
     trt.__version__ = version
     major = int(version.split('.')[0])
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum('NetworkDefinitionCreationFlag', {'EXPLICIT_BATCH': 0, 'STRONGLY_TYPED': 1})
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum(
+        'NetworkDefinitionCreationFlag', {'EXPLICIT_BATCH': 0, 'STRONGLY_TYPED': 1}
+    )
     # TensorRT 11 removed the weak-typing precision flags
     flags = {'TF32': 7} if major >= 11 else {'FP16': 0, 'INT8': 1, 'TF32': 7}
     trt.BuilderFlag = enum.IntEnum('BuilderFlag', flags)
@@ -382,6 +410,7 @@ def ranges_for(cams: int = 6, n: int = 50, headroom: float = 2.0):
 
 
 # ---------------------------------------------------------------------------------------------- build_engine
+
 
 @pytest.mark.parametrize('version', ['10.13.0.35', '11.4.0.106'])
 @pytest.mark.parametrize('precision', ['fp32', 'fp16'])
@@ -493,6 +522,7 @@ def test_older_cuda_python_module_layout(tmp_path, fakes, monkeypatch) -> None:
 
 # ---------------------------------------------------------------------------------------------- TensorRTBackend
 
+
 @pytest.fixture()
 def engine_file(tmp_path, fakes) -> Path:
     fakes()
@@ -511,7 +541,10 @@ def test_backend_binds_runs_copies_back_and_closes(engine_file, fakes) -> None:
         assert isinstance(out['labels'], np.ndarray) and out['labels'].dtype == np.uint8
         np.testing.assert_array_equal(out['labels'], feeds['table'].astype(np.uint8))
         np.testing.assert_array_equal(out['score'], feeds['table'][:, None] * np.float32([2, 4, 6, 8]))
-    assert ('cudaMemcpyHostToDevice', 80 * 8) in cudart.copies and ('cudaMemcpyDeviceToHost', 80 * 4 * 4) in cudart.copies
+    assert ('cudaMemcpyHostToDevice', 80 * 8) in cudart.copies and (
+        'cudaMemcpyDeviceToHost',
+        80 * 4 * 4,
+    ) in cudart.copies
     assert len(cudart.memory) == 4 and len(cudart.streams) == 1
     with pytest.raises(BackendError, match='outside the engine profile'):
         backend.run(example(n=101))
@@ -563,5 +596,7 @@ def test_tensorrt_path_imports_no_torch(package_dir) -> None:
         'import occ_perception.runtime.engine, occ_perception.runtime.trt_backend\n'
         "assert 'torch' not in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, '-c', code], check=False, cwd=package_dir, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, '-c', code], check=False, cwd=package_dir, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr

@@ -50,11 +50,29 @@ BAG_VERSIONS: dict[str, Literal[8, 9]] = {'humble': 8, 'jazzy': 9}
 
 _ZERO = QosTime(0, 0)
 # what rclpy offers by default (the 'default' profile: reliable, volatile, keep last 10)
-DEFAULT_QOS = Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, QosDurability.VOLATILE, _ZERO, _ZERO,
-                  QosLiveliness.AUTOMATIC, _ZERO, False)
+DEFAULT_QOS = Qos(
+    QosHistory.KEEP_LAST,
+    10,
+    QosReliability.RELIABLE,
+    QosDurability.VOLATILE,
+    _ZERO,
+    _ZERO,
+    QosLiveliness.AUTOMATIC,
+    _ZERO,
+    False,
+)
 # what tf2's static broadcaster offers: reliable, transient local, keep last 1
-LATCHED_QOS = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, _ZERO, _ZERO,
-                  QosLiveliness.AUTOMATIC, _ZERO, False)
+LATCHED_QOS = Qos(
+    QosHistory.KEEP_LAST,
+    1,
+    QosReliability.RELIABLE,
+    QosDurability.TRANSIENT_LOCAL,
+    _ZERO,
+    _ZERO,
+    QosLiveliness.AUTOMATIC,
+    _ZERO,
+    False,
+)
 
 
 class BagError(ValueError):
@@ -99,8 +117,9 @@ class BagWriter:
         self._writer.open()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._writer.__exit__(exc_type, exc, tb)
 
     def add_topic(self, topic: str, msgtype: str, latched: bool = False) -> None:

@@ -213,16 +213,21 @@ def _transform_msg(types: MessageTypes, t: Transform) -> Any:
     x, y, z, w = t.xyzw()
     return types.make(
         'geometry_msgs/msg/Transform',
-        translation=types.make('geometry_msgs/msg/Vector3', x=float(t.translation[0]), y=float(t.translation[1]),
-                               z=float(t.translation[2])),
+        translation=types.make(
+            'geometry_msgs/msg/Vector3', x=float(t.translation[0]), y=float(t.translation[1]), z=float(t.translation[2])
+        ),
         rotation=types.make('geometry_msgs/msg/Quaternion', x=x, y=y, z=z, w=w),
     )
 
 
 def _tf_message(types: MessageTypes, stamp_ns: int, parent: str, children: Sequence[tuple[str, Transform]]) -> Any:
     transforms = [
-        types.make('geometry_msgs/msg/TransformStamped', header=types.header(stamp_ns, parent), child_frame_id=child,
-                   transform=_transform_msg(types, t))
+        types.make(
+            'geometry_msgs/msg/TransformStamped',
+            header=types.header(stamp_ns, parent),
+            child_frame_id=child,
+            transform=_transform_msg(types, t),
+        )
         for child, t in children
     ]
     return types.make('tf2_msgs/msg/TFMessage', transforms=transforms)
@@ -236,8 +241,12 @@ def _odometry(types: MessageTypes, stamp_ns: int, pose: Transform, linear: np.nd
     x, y, z, w = pose.xyzw()
     p = types.make(
         'geometry_msgs/msg/Pose',
-        position=types.make('geometry_msgs/msg/Point', x=float(pose.translation[0]), y=float(pose.translation[1]),
-                            z=float(pose.translation[2])),
+        position=types.make(
+            'geometry_msgs/msg/Point',
+            x=float(pose.translation[0]),
+            y=float(pose.translation[1]),
+            z=float(pose.translation[2]),
+        ),
         orientation=types.make('geometry_msgs/msg/Quaternion', x=x, y=y, z=z, w=w),
     )
     twist = types.make('geometry_msgs/msg/Twist', linear=_vector3(types, linear), angular=_vector3(types, angular))
@@ -283,14 +292,25 @@ def _image_format(path: Path) -> str:
 def _pointcloud(types: MessageTypes, stamp_ns: int, frame: str, data: bytes, path: Path) -> Any:
     step = 4 * len(_LIDAR_FIELDS)
     if len(data) % step:
-        raise ConvertError(f'{path}: expected float32 points of {len(_LIDAR_FIELDS)} values ({_LIDAR_FIELDS}), '
-                           f'got {len(data)} bytes, not a multiple of {step}')
+        raise ConvertError(
+            f'{path}: expected float32 points of {len(_LIDAR_FIELDS)} values ({_LIDAR_FIELDS}), '
+            f'got {len(data)} bytes, not a multiple of {step}'
+        )
     count = len(data) // step
-    fields = [types.make('sensor_msgs/msg/PointField', name=n, offset=4 * i, datatype=7, count=1)
-              for i, n in enumerate(_LIDAR_FIELDS)]
+    fields = [
+        types.make('sensor_msgs/msg/PointField', name=n, offset=4 * i, datatype=7, count=1)
+        for i, n in enumerate(_LIDAR_FIELDS)
+    ]
     return types.make(
-        'sensor_msgs/msg/PointCloud2', header=types.header(stamp_ns, frame), height=1, width=count, fields=fields,
-        is_bigendian=False, point_step=step, row_step=step * count, data=np.frombuffer(data, dtype=np.uint8),
+        'sensor_msgs/msg/PointCloud2',
+        header=types.header(stamp_ns, frame),
+        height=1,
+        width=count,
+        fields=fields,
+        is_bigendian=False,
+        point_step=step,
+        row_step=step * count,
+        data=np.frombuffer(data, dtype=np.uint8),
         is_dense=True,
     )
 
@@ -420,8 +440,10 @@ def convert_scene(tables: NuScenesTables, scene_name: str, config: ConvertConfig
         calib = _sensor_calibration(tables, per_channel[ch], ch, scene_name)
         k = np.asarray(calib.get('camera_intrinsic', []), dtype=np.float64)
         if k.shape != (3, 3) or not np.all(np.isfinite(k)) or k[0, 0] <= 0 or k[1, 1] <= 0:
-            raise ConvertError(f'{scene_name}: calibrated_sensor of {ch}: expected a 3x3 camera_intrinsic with '
-                               f'positive focal lengths, got {calib.get("camera_intrinsic")}')
+            raise ConvertError(
+                f'{scene_name}: calibrated_sensor of {ch}: expected a 3x3 camera_intrinsic with '
+                f'positive focal lengths, got {calib.get("camera_intrinsic")}'
+            )
         calib_k[ch] = k
 
     path = Path(config.out) / scene_name
@@ -460,11 +482,20 @@ def convert_scene(tables: NuScenesTables, scene_name: str, config: ConvertConfig
                 try:
                     data = file.read_bytes()
                 except OSError as err:
-                    raise ConvertError(f'{file}: cannot read the {ch} image of sample_data {sd["token"]} ({err})') from None
-                msg = types.make('sensor_msgs/msg/CompressedImage', header=types.header(stamp, frame),
-                                 format=_image_format(file), data=np.frombuffer(data, dtype=np.uint8))
-                writer.write(camera_info_topic(ch), stamp,
-                             _camera_info(types, stamp, frame, calib_k[ch], sd['width'], sd['height']))
+                    raise ConvertError(
+                        f'{file}: cannot read the {ch} image of sample_data {sd["token"]} ({err})'
+                    ) from None
+                msg = types.make(
+                    'sensor_msgs/msg/CompressedImage',
+                    header=types.header(stamp, frame),
+                    format=_image_format(file),
+                    data=np.frombuffer(data, dtype=np.uint8),
+                )
+                writer.write(
+                    camera_info_topic(ch),
+                    stamp,
+                    _camera_info(types, stamp, frame, calib_k[ch], sd['width'], sd['height']),
+                )
                 writer.write(image_topic(ch), stamp, msg)
             elif kind == 'lidar':
                 file = tables.root / item['filename']
@@ -474,8 +505,14 @@ def convert_scene(tables: NuScenesTables, scene_name: str, config: ConvertConfig
                     raise ConvertError(f'{file}: cannot read the LIDAR_TOP scan ({err})') from None
                 writer.write(LIDAR_TOPIC, stamp, _pointcloud(types, stamp, channel_to_frame(LIDAR_CHANNEL), data, file))
             else:
-                _write_gt(writer, types, grid, Path(config.gts or '') / scene_name / item['token'] / 'labels.npz',
-                          stamp, bool(flow_present))
+                _write_gt(
+                    writer,
+                    types,
+                    grid,
+                    Path(config.gts or '') / scene_name / item['token'] / 'labels.npz',
+                    stamp,
+                    bool(flow_present),
+                )
         bar.close()
     return SceneBag(scene_name, path, dict(writer.counts))
 
@@ -485,11 +522,16 @@ def _write_gt(writer: BagWriter, types: MessageTypes, grid: GridSpec, path: Path
     semantics, mask = gt['semantics'], gt['mask_camera']
     try:
         writer.write(GT_TOPIC, stamp, make_semantic_occupancy(types, stamp, EGO_FRAME, grid, semantics))
-        writer.write(GT_MASK_TOPIC, stamp, make_semantic_occupancy(
-            types, stamp, EGO_FRAME, grid, (mask != 0).astype(np.uint8), class_names=MASK_CLASS_NAMES, free_label=0))
+        writer.write(
+            GT_MASK_TOPIC,
+            stamp,
+            make_semantic_occupancy(
+                types, stamp, EGO_FRAME, grid, (mask != 0).astype(np.uint8), class_names=MASK_CLASS_NAMES, free_label=0
+            ),
+        )
         if flow:
             if 'flow' not in gt:
-                raise ConvertError(f'{path}: has no flow array but the scene\'s first keyframe has one')
+                raise ConvertError(f"{path}: has no flow array but the scene's first keyframe has one")
             indices, velocity = flow_from_dense(semantics, gt['flow'])
             writer.write(GT_FLOW_TOPIC, stamp, make_occupancy_flow(types, stamp, EGO_FRAME, grid, indices, velocity))
     except MessagesError as err:

@@ -179,7 +179,7 @@ def transform_image(image: np.ndarray, t: ImageTransform) -> np.ndarray:
     x0, y0 = max(t.crop_x, 0), max(t.crop_y, 0)
     x1, y1 = min(t.crop_x + t.out_width, new_w), min(t.crop_y + t.out_height, new_h)
     if x1 > x0 and y1 > y0:
-        out[y0 - t.crop_y:y1 - t.crop_y, x0 - t.crop_x:x1 - t.crop_x] = resized[y0:y1, x0:x1]
+        out[y0 - t.crop_y : y1 - t.crop_y, x0 - t.crop_x : x1 - t.crop_x] = resized[y0:y1, x0:x1]
     return out
 
 
@@ -233,21 +233,32 @@ class Occ3DDataset:
         DatasetError: the tables or labels are missing, or no keyframe has labels.
     """
 
-    def __init__(self, dataroot: str | os.PathLike[str], model_config: Any, version: str = 'v1.0-mini',
-                 scenes: Sequence[str] | None = None, augmentation: Augmentation | None = None,
-                 use_sweeps: bool = False, nusc: Any = None) -> None:
+    def __init__(
+        self,
+        dataroot: str | os.PathLike[str],
+        model_config: Any,
+        version: str = 'v1.0-mini',
+        scenes: Sequence[str] | None = None,
+        augmentation: Augmentation | None = None,
+        use_sweeps: bool = False,
+        nusc: Any = None,
+    ) -> None:
         self.dataroot = Path(dataroot)
         self.model_config = model_config
         self.image_size = tuple(model_config.image_size)
         self.augmentation = augmentation or Augmentation()
         self.temporal = temporal_config_for(model_config.history_offsets)
         if not (self.dataroot / version).is_dir():
-            raise DatasetError(f'dataset {str(self.dataroot)!r}: no table folder {version!r} (expected a nuScenes dataroot)')
+            raise DatasetError(
+                f'dataset {str(self.dataroot)!r}: no table folder {version!r} (expected a nuScenes dataroot)'
+            )
         if nusc is None:
             try:
                 from nuscenes.nuscenes import NuScenes
             except ImportError as err:
-                raise DatasetError('reading nuScenes-format data needs nuscenes-devkit (pip install nuscenes-devkit)') from err
+                raise DatasetError(
+                    'reading nuScenes-format data needs nuscenes-devkit (pip install nuscenes-devkit)'
+                ) from err
             nusc = NuScenes(version=version, dataroot=str(self.dataroot), verbose=False)
         self.nusc = nusc
         wanted = set(scenes) if scenes is not None else None
@@ -268,7 +279,9 @@ class Occ3DDataset:
             if missing:
                 raise DatasetError(f'dataset {str(self.dataroot)!r}: no scenes named {sorted(missing)}')
         if not self.items:
-            raise DatasetError(f'dataset {str(self.dataroot)!r}: no keyframe has labels under gts/<scene>/<token>/labels.npz')
+            raise DatasetError(
+                f'dataset {str(self.dataroot)!r}: no keyframe has labels under gts/<scene>/<token>/labels.npz'
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -282,7 +295,9 @@ class Occ3DDataset:
         pose_rec = nusc.get('ego_pose', front['ego_pose_token'])
         key = tuple(r['calibrated_sensor_token'] for r in cam_records)
         if key not in self._sizes:
-            self._sizes[key] = {ch: (int(r['width']), int(r['height'])) for ch, r in zip(NUSCENES_CHANNELS, cam_records)}
+            self._sizes[key] = {
+                ch: (int(r['width']), int(r['height'])) for ch, r in zip(NUSCENES_CHANNELS, cam_records)
+            }
         return Frame(
             token=token,
             scene=scene,
@@ -327,7 +342,9 @@ class Occ3DDataset:
 
     def calibration(self, frame: Frame) -> Rig:
         """The frame's rig in :data:`NUSCENES_CHANNELS` order."""
-        records = {ch: self.nusc.get('calibrated_sensor', tok) for ch, tok in zip(NUSCENES_CHANNELS, frame.calibration_key)}
+        records = {
+            ch: self.nusc.get('calibrated_sensor', tok) for ch, tok in zip(NUSCENES_CHANNELS, frame.calibration_key)
+        }
         return Rig.from_nuscenes(records, self._sizes[frame.calibration_key])
 
     def history_indices(self, index: int) -> tuple[Frame, list[Frame | None]]:
@@ -436,7 +453,9 @@ class Occ3DDataset:
             axes = tuple(a for a, f in ((0, flip_x), (1, flip_y)) if f)
             sem, mcam, mlid = (np.flip(a, axis=axes) for a in (sem, mcam, mlid))
             if flow is not None:
-                flow = np.flip(flow, axis=axes) * np.array([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0], np.float32)
+                flow = np.flip(flow, axis=axes) * np.array(
+                    [-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0], np.float32
+                )
         return TrainSample(
             images=images,
             tables=tables,

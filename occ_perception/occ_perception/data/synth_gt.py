@@ -79,13 +79,13 @@ class GroundTruth:
 def _ground_layer(grid: GridSpec) -> int:
     iz = int(np.floor((GROUND_Z - grid.lower[2]) / grid.voxel_size))
     if not 0 <= iz < grid.shape[2]:
-        raise GroundTruthError(f'voxelize: the ground z={GROUND_Z} m is outside the grid z range {grid.lower[2]}..'
-                               f'{grid.upper[2]} m')
+        raise GroundTruthError(
+            f'voxelize: the ground z={GROUND_Z} m is outside the grid z range {grid.lower[2]}..{grid.upper[2]} m'
+        )
     return iz
 
 
-def voxelize(world: World, state: WorldState, grid: GridSpec = OCC3D_GRID) -> tuple[np.ndarray, np.ndarray,
-                                                                                      np.ndarray]:
+def voxelize(world: World, state: WorldState, grid: GridSpec = OCC3D_GRID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Semantic labels, owners and flow of the grid around the ego at ``state``.
 
     Returns:
@@ -118,8 +118,9 @@ def voxelize(world: World, state: WorldState, grid: GridSpec = OCC3D_GRID) -> tu
     # primitives whose horizontal reach overlaps the grid (with a voxel of slack), on each side of each axis:
     # the grid need not be centred on the ego
     upper = np.asarray(grid.upper, dtype=np.float64)
-    near = np.all((centers[:, :2] + reach[:, None] > lower[:2] - vs) & (centers[:, :2] - reach[:, None] < upper[:2] + vs),
-                  axis=1)
+    near = np.all(
+        (centers[:, :2] + reach[:, None] > lower[:2] - vs) & (centers[:, :2] - reach[:, None] < upper[:2] + vs), axis=1
+    )
     rot = ego.rotation_matrix()
     vel_ego = state.obj_velocity @ rot[:2, :2]  # R^T v for planar rotations: rows (vx, vy) map -> ego
     dynamic = np.any(state.obj_velocity != 0.0, axis=1) | world.obj_follow
@@ -163,8 +164,9 @@ def voxelize(world: World, state: WorldState, grid: GridSpec = OCC3D_GRID) -> tu
     return sem, owner, flow
 
 
-def march_visibility(grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, dirs: np.ndarray,
-                     max_range: np.ndarray | None = None) -> np.ndarray:
+def march_visibility(
+    grid: GridSpec, occupied: np.ndarray, origins: np.ndarray, dirs: np.ndarray, max_range: np.ndarray | None = None
+) -> np.ndarray:
     """Voxels traversed by rays up to and including the first occupied voxel (exact grid traversal).
 
     Args:

@@ -23,9 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -180,8 +180,9 @@ def scene_seed(seed: int, index: int) -> int:
 def scene_world(cfg: SynthConfig, index: int) -> World:
     """The world of scene ``index`` exactly as :func:`generate_dataset` builds it."""
     start_ns = (BASE_TIME_US + index * SCENE_SPACING_US) * 1000
-    return generate_world(scene_seed(cfg.seed, index), duration_s=cfg.keyframes * 0.5 + 1.0, start_ns=start_ns,
-                          name=f'scene-{index:04d}')
+    return generate_world(
+        scene_seed(cfg.seed, index), duration_s=cfg.keyframes * 0.5 + 1.0, start_ns=start_ns, name=f'scene-{index:04d}'
+    )
 
 
 def _token(*parts) -> str:
@@ -240,8 +241,9 @@ def bev_image(gt: GroundTruth, scale: int = 2) -> np.ndarray:
 def _preview(images: list[np.ndarray], gt: GroundTruth) -> np.ndarray:
     """Six camera images (rig order: front-left, front, front-right over back-left, back, back-right) beside a BEV."""
     h = 225
-    small = [cv2.resize(im, (int(round(im.shape[1] * h / im.shape[0])), h), interpolation=cv2.INTER_AREA)
-             for im in images]
+    small = [
+        cv2.resize(im, (int(round(im.shape[1] * h / im.shape[0])), h), interpolation=cv2.INTER_AREA) for im in images
+    ]
     grid = np.concatenate([np.concatenate(small[:3], axis=1), np.concatenate(small[3:], axis=1)], axis=0)
     bev = cv2.resize(bev_image(gt, 1), (grid.shape[0], grid.shape[0]), interpolation=cv2.INTER_NEAREST)
     return np.concatenate([grid, bev], axis=1)
@@ -249,9 +251,24 @@ def _preview(images: list[np.ndarray], gt: GroundTruth) -> np.ndarray:
 
 class _Tables:
     def __init__(self) -> None:
-        self.t: dict[str, list] = {name: [] for name in (
-            'category', 'attribute', 'visibility', 'instance', 'sensor', 'calibrated_sensor', 'ego_pose', 'log',
-            'scene', 'sample', 'sample_data', 'sample_annotation', 'map')}
+        self.t: dict[str, list] = {
+            name: []
+            for name in (
+                'category',
+                'attribute',
+                'visibility',
+                'instance',
+                'sensor',
+                'calibrated_sensor',
+                'ego_pose',
+                'log',
+                'scene',
+                'sample',
+                'sample_data',
+                'sample_annotation',
+                'map',
+            )
+        }
 
     def add(self, table: str, record: dict) -> dict:
         self.t[table].append(record)
@@ -291,8 +308,10 @@ def _common_tables(seed: int) -> _Tables:
     for token, level, desc in VISIBILITY:
         tables.add('visibility', {'token': token, 'level': level, 'description': desc})
     for ch in (*CAMERA_CHANNELS, LIDAR):
-        tables.add('sensor', {'token': _token(seed, 'sensor', ch), 'channel': ch,
-                              'modality': 'lidar' if ch == LIDAR else 'camera'})
+        tables.add(
+            'sensor',
+            {'token': _token(seed, 'sensor', ch), 'channel': ch, 'modality': 'lidar' if ch == LIDAR else 'camera'},
+        )
     return tables
 
 
@@ -325,24 +344,44 @@ def _write_scene(
     scene_token = _token(seed, 'scene', si)
     log_token = _token(seed, 'log', si)
     logname = f'synth{seed}-2026-01-01-{si // 60:02d}-{si % 60:02d}-00+0000'
-    tables.add('log', {'token': log_token, 'logfile': logname, 'vehicle': 'synth-ego',
-                       'date_captured': '2026-01-01', 'location': 'synthetic-town'})
+    tables.add(
+        'log',
+        {
+            'token': log_token,
+            'logfile': logname,
+            'vehicle': 'synth-ego',
+            'date_captured': '2026-01-01',
+            'location': 'synthetic-town',
+        },
+    )
     map_token = _token(seed, 'map', si)
     (out / 'maps').mkdir(parents=True, exist_ok=True)
     _write_map(out / 'maps' / f'{map_token}.png', world)
-    tables.add('map', {'token': map_token, 'log_tokens': [log_token], 'category': 'semantic_prior',
-                       'filename': f'maps/{map_token}.png'})
+    tables.add(
+        'map',
+        {
+            'token': map_token,
+            'log_tokens': [log_token],
+            'category': 'semantic_prior',
+            'filename': f'maps/{map_token}.png',
+        },
+    )
     calib_token = {}
     for ch in (*CAMERA_CHANNELS, LIDAR):
         calib_token[ch] = _token(seed, 'calibrated_sensor', si, ch)
         if ch == LIDAR:
-            rec = {'translation': list(lidar_cal['translation']), 'rotation': list(lidar_cal['rotation']),
-                   'camera_intrinsic': []}
+            rec = {
+                'translation': list(lidar_cal['translation']),
+                'rotation': list(lidar_cal['rotation']),
+                'camera_intrinsic': [],
+            }
         else:
             cam = channels_of[ch]
-            rec = {'translation': [float(v) for v in cam.cam_to_ego.translation],
-                   'rotation': [float(v) for v in cam.cam_to_ego.rotation.elements],
-                   'camera_intrinsic': [[float(v) for v in row] for row in cam.intrinsics]}
+            rec = {
+                'translation': [float(v) for v in cam.cam_to_ego.translation],
+                'rotation': [float(v) for v in cam.cam_to_ego.rotation.elements],
+                'camera_intrinsic': [[float(v) for v in row] for row in cam.intrinsics],
+            }
         tables.add('calibrated_sensor', {'token': calib_token[ch], 'sensor_token': sensor_token[ch], **rec})
 
     scene_start_us = BASE_TIME_US + si * SCENE_SPACING_US
@@ -351,15 +390,36 @@ def _write_scene(
     instance_anns: dict[int, list[dict]] = {}
     present: set[int] = set()
 
-    def add_sample_data(ch: str, ts_us: int, sample_token: str, key: bool, filename: str, pose: Transform,
-                        width: int, height: int, fileformat: str) -> dict:
+    def add_sample_data(
+        ch: str,
+        ts_us: int,
+        sample_token: str,
+        key: bool,
+        filename: str,
+        pose: Transform,
+        width: int,
+        height: int,
+        fileformat: str,
+    ) -> dict:
         token = _token(seed, 'sample_data', si, ch, ts_us)
         tables.add('ego_pose', _pose_record(token, pose, ts_us))
-        rec = tables.add('sample_data', {
-            'token': token, 'sample_token': sample_token, 'ego_pose_token': token,
-            'calibrated_sensor_token': calib_token[ch], 'timestamp': int(ts_us), 'fileformat': fileformat,
-            'is_key_frame': bool(key), 'height': int(height), 'width': int(width), 'filename': filename,
-            'prev': '', 'next': ''})
+        rec = tables.add(
+            'sample_data',
+            {
+                'token': token,
+                'sample_token': sample_token,
+                'ego_pose_token': token,
+                'calibrated_sensor_token': calib_token[ch],
+                'timestamp': int(ts_us),
+                'fileformat': fileformat,
+                'is_key_frame': bool(key),
+                'height': int(height),
+                'width': int(width),
+                'filename': filename,
+                'prev': '',
+                'next': '',
+            },
+        )
         prev = last_sd[ch]
         if prev is not None:
             prev['next'] = token
@@ -371,9 +431,16 @@ def _write_scene(
         t0 = time.perf_counter()
         lidar_us = scene_start_us + k * KEYFRAME_PERIOD_US
         sample_token = sample_tokens[k]
-        tables.add('sample', {'token': sample_token, 'timestamp': int(lidar_us),
-                              'prev': sample_tokens[k - 1] if k > 0 else '',
-                              'next': sample_tokens[k + 1] if k + 1 < n_key else '', 'scene_token': scene_token})
+        tables.add(
+            'sample',
+            {
+                'token': sample_token,
+                'timestamp': int(lidar_us),
+                'prev': sample_tokens[k - 1] if k > 0 else '',
+                'next': sample_tokens[k + 1] if k + 1 < n_key else '',
+                'scene_token': scene_token,
+            },
+        )
         # Cameras, each at its own time.
         hits = np.zeros(world.num_objects, np.int64)
         visible = np.zeros(world.num_objects, np.int64)
@@ -412,7 +479,7 @@ def _write_scene(
         for i in _annotation_boxes(world, st):
             frac = visible[i] / hits[i] if hits[i] > 0 else 0.0
             vis = '4' if frac >= 0.8 else '3' if frac >= 0.6 else '2' if frac >= 0.4 else '1'
-            l, w, h = (float(v) for v in world.obj_size[i])
+            length, w, h = (float(v) for v in world.obj_size[i])
             attr = world.obj_attribute[i]
             ann = {
                 'token': _token(seed, 'sample_annotation', si, k, i),
@@ -421,7 +488,7 @@ def _write_scene(
                 'visibility_token': vis,
                 'attribute_tokens': [_token(seed, 'attribute', attr)] if attr else [],
                 'translation': [float(st.obj_xy[i, 0]), float(st.obj_xy[i, 1]), h / 2.0],
-                'size': [w, l, h],
+                'size': [w, length, h],
                 'rotation': _yaw_quaternion(float(st.obj_yaw[i])),
                 'prev': '',
                 'next': '',
@@ -449,23 +516,35 @@ def _write_scene(
                     _write_jpeg(out / fname, img.rgb, cfg.jpeg_quality)
                     # A sweep belongs to the following sample: the devkit interpolates its boxes between the
                     # previous sample and this one.
-                    add_sample_data(ch, ts, sample_tokens[k + 1], False, fname, st.ego_pose, cfg.width,
-                                    cfg.height, 'jpg')
+                    add_sample_data(
+                        ch, ts, sample_tokens[k + 1], False, fname, st.ego_pose, cfg.width, cfg.height, 'jpg'
+                    )
                     result.sweep_seconds.append(time.perf_counter() - t1)
                     tick()
 
     for i, chain in instance_anns.items():
-        tables.add('instance', {
-            'token': _token(seed, 'instance', si, i),
-            'category_token': _token(seed, 'category', world.obj_category[i]),
-            'nbr_annotations': len(chain),
-            'first_annotation_token': chain[0]['token'],
-            'last_annotation_token': chain[-1]['token'],
-        })
-    tables.add('scene', {
-        'token': scene_token, 'log_token': log_token, 'nbr_samples': n_key,
-        'first_sample_token': sample_tokens[0], 'last_sample_token': sample_tokens[-1], 'name': scene_name,
-        'description': f'synthetic driving scene, seed {seed}, scene {si} (world seed {scene_seed(seed, si)})'})
+        tables.add(
+            'instance',
+            {
+                'token': _token(seed, 'instance', si, i),
+                'category_token': _token(seed, 'category', world.obj_category[i]),
+                'nbr_annotations': len(chain),
+                'first_annotation_token': chain[0]['token'],
+                'last_annotation_token': chain[-1]['token'],
+            },
+        )
+    tables.add(
+        'scene',
+        {
+            'token': scene_token,
+            'log_token': log_token,
+            'nbr_samples': n_key,
+            'first_sample_token': sample_tokens[0],
+            'last_sample_token': sample_tokens[-1],
+            'name': scene_name,
+            'description': f'synthetic driving scene, seed {seed}, scene {si} (world seed {scene_seed(seed, si)})',
+        },
+    )
     result.name = scene_name
     result.classes = sorted(int(c) for c in present if c != 17)
     result.tables = tables.t

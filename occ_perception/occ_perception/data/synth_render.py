@@ -141,8 +141,9 @@ def _pixel_rays(k_bytes: bytes, width: int, height: int) -> np.ndarray:
 
 def pixel_rays(cam: Camera) -> np.ndarray:
     """Unit ray directions (H, W, 3) float64 in the camera frame through pixel centres ``(u + 0.5, v + 0.5)``."""
-    return _pixel_rays(np.ascontiguousarray(cam.intrinsics, dtype=np.float64).tobytes(), int(cam.width),
-                       int(cam.height))
+    return _pixel_rays(
+        np.ascontiguousarray(cam.intrinsics, dtype=np.float64).tobytes(), int(cam.width), int(cam.height)
+    )
 
 
 def _box_corners(centers: np.ndarray, yaws: np.ndarray, half: np.ndarray) -> np.ndarray:
@@ -510,8 +511,9 @@ def _labels_only(world: World, origin, dirs, t, prim) -> np.ndarray:
     return label
 
 
-def lidar_ranges(world: World, state: WorldState, lidar_to_ego: Transform,
-                 spec: LidarSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
+def lidar_ranges(
+    world: World, state: WorldState, lidar_to_ego: Transform, spec: LidarSpec | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Distance [m] (inf: no return within range) and primitive id of every lidar ray, both (beams, azimuths).
 
     The beams are defined about the ego's z axis at the lidar's position (a level lidar), cast at one instant.
@@ -544,8 +546,9 @@ def scan_lidar(world: World, state: WorldState, lidar_to_ego: Transform, spec: L
     pts_lidar = lidar_to_ego.inverse().apply(pts_ego)
     pid = prim[ok]
     owner = np.where(pid >= 0, world.prim_owner[np.maximum(pid, 0)], -1)
-    intensity = np.where(pid == GROUND, 12.0, 40.0) + 20.0 * _hash(np.round(pts_map[:, 0] * 5),
-                                                                    np.round(pts_map[:, 1] * 5), 3)
+    intensity = np.where(pid == GROUND, 12.0, 40.0) + 20.0 * _hash(
+        np.round(pts_map[:, 0] * 5), np.round(pts_map[:, 1] * 5), 3
+    )
     points = np.concatenate([pts_lidar, intensity[:, None], rows[:, None]], axis=1).astype(np.float32)
     return LidarScan(points, owner.astype(np.int64))
 

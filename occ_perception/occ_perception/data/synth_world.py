@@ -358,8 +358,7 @@ class World:
 
     def classes_present(self) -> set[int]:
         """Occ3D labels that occur in this world (ground raster and primitives)."""
-        return (set(np.unique(self.ground).tolist()) | {_DRIVE, _SIDEWALK}
-                | set(np.unique(self.prim_label).tolist()))
+        return set(np.unique(self.ground).tolist()) | {_DRIVE, _SIDEWALK} | set(np.unique(self.prim_label).tolist())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,10 +416,26 @@ def _srgb_to_linear(rgb) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
-CAR_PAINTS = [(235, 235, 235), (25, 25, 28), (150, 152, 158), (170, 30, 30), (30, 60, 140), (90, 95, 100),
-              (200, 190, 170), (40, 90, 60), (220, 200, 60)]
-BUILDING_WALLS = [(196, 178, 150), (160, 80, 60), (180, 180, 176), (220, 214, 196), (120, 116, 110),
-                  (200, 160, 120), (150, 160, 170)]
+CAR_PAINTS = [
+    (235, 235, 235),
+    (25, 25, 28),
+    (150, 152, 158),
+    (170, 30, 30),
+    (30, 60, 140),
+    (90, 95, 100),
+    (200, 190, 170),
+    (40, 90, 60),
+    (220, 200, 60),
+]
+BUILDING_WALLS = [
+    (196, 178, 150),
+    (160, 80, 60),
+    (180, 180, 176),
+    (220, 214, 196),
+    (120, 116, 110),
+    (200, 160, 120),
+    (150, 160, 170),
+]
 CLOTHES = [(40, 40, 60), (150, 30, 30), (30, 80, 150), (200, 200, 190), (60, 90, 50), (120, 100, 70), (20, 20, 20)]
 
 
@@ -506,17 +521,15 @@ def generate_world(
     pix = np.round((pts - origin) / res * 16).astype(np.int32)  # 4 fractional bits for cv2
     line = np.full((h, w), 255, np.uint8)
     cv2.polylines(line, [pix.reshape(-1, 1, 2)], False, 0, 1, cv2.LINE_8, 4)
-    dist, labels = cv2.distanceTransformWithLabels(
-        line, cv2.DIST_L2, cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL
-    )
+    dist, labels = cv2.distanceTransformWithLabels(line, cv2.DIST_L2, cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL)
     # Arc length of each centreline pixel (nearest dense sample), then of every cell via its nearest centreline pixel.
     zy, zx = np.nonzero(line == 0)
     zlab = labels[zy, zx]
     centres = (np.stack([zx, zy], -1) + 0.5) * res + origin
     arc_of_label = np.zeros(int(labels.max()) + 1, np.float32)
     for i in range(0, len(centres), 2048):
-        dd = np.linalg.norm(centres[i:i + 2048, None, :] - pts[None, :, :], axis=-1)
-        arc_of_label[zlab[i:i + 2048]] = ss[np.argmin(dd, axis=1)]
+        dd = np.linalg.norm(centres[i : i + 2048, None, :] - pts[None, :, :], axis=-1)
+        arc_of_label[zlab[i : i + 2048]] = ss[np.argmin(dd, axis=1)]
     arc = arc_of_label[labels]
     dist = (dist * res).astype(np.float32)  # metres (chamfer approximation)
     # Exact distance near the road: to the centreline point at the cell's arc length.
@@ -532,8 +545,11 @@ def generate_world(
         depth = rng.uniform(8, 25)
         length = rng.uniform(12, 35)
         c, th = road.frame(np.array([s_lot]), np.array([side * (p.sidewalk_outer + depth / 2)]))
-        rect = ((float((c[0, 0] - origin[0]) / res), float((c[0, 1] - origin[1]) / res)),
-                (float(length / res), float(depth / res)), float(np.rad2deg(th[0])))
+        rect = (
+            (float((c[0, 0] - origin[0]) / res), float((c[0, 1] - origin[1]) / res)),
+            (float(length / res), float(depth / res)),
+            float(np.rad2deg(th[0])),
+        )
         box = cv2.boxPoints(rect).astype(np.int32)
         cv2.fillPoly(ground, [box], int(_OFLAT))
 
@@ -580,19 +596,46 @@ def generate_world(
                 (c,), (th,) = road.frame(np.array([s + width_along / 2]), np.array([lateral]))
                 height = float(rng.uniform(*p.building_height))
                 col = _vary(rng, BUILDING_WALLS[rng.integers(len(BUILDING_WALLS))], 0.15)
-                static_box_object(L['manmade'], '', c[0], c[1], th, (width_along, depth, height), col,
-                                  STYLE_BUILDING, min_dist=swo + 0.5)
+                static_box_object(
+                    L['manmade'],
+                    '',
+                    c[0],
+                    c[1],
+                    th,
+                    (width_along, depth, height),
+                    col,
+                    STYLE_BUILDING,
+                    min_dist=swo + 0.5,
+                )
             elif rng.random() < 0.5:
                 # A wall or a hedge along the property line.
                 (c,), (th,) = road.frame(np.array([s + width_along / 2]), np.array([side * (swo + 0.8)]))
                 if rng.random() < 0.5:
                     col = _vary(rng, (170, 165, 155), 0.1)
-                    static_box_object(L['manmade'], '', c[0], c[1], th, (width_along, 0.45, rng.uniform(1.2, 2.6)),
-                                      col, STYLE_PLAIN, min_dist=swo + 0.3)
+                    static_box_object(
+                        L['manmade'],
+                        '',
+                        c[0],
+                        c[1],
+                        th,
+                        (width_along, 0.45, rng.uniform(1.2, 2.6)),
+                        col,
+                        STYLE_PLAIN,
+                        min_dist=swo + 0.3,
+                    )
                 else:
                     col = _vary(rng, (50, 95, 40), 0.15)
-                    static_box_object(L['vegetation'], '', c[0], c[1], th, (width_along, 1.0, rng.uniform(1.0, 2.0)),
-                                      col, STYLE_FOLIAGE, min_dist=swo + 0.3)
+                    static_box_object(
+                        L['vegetation'],
+                        '',
+                        c[0],
+                        c[1],
+                        th,
+                        (width_along, 1.0, rng.uniform(1.0, 2.0)),
+                        col,
+                        STYLE_FOLIAGE,
+                        min_dist=swo + 0.3,
+                    )
             s += width_along + rng.uniform(1.0, 12.0)
 
     # Trees and poles on the outer sidewalk edge; bins near the kerb.
@@ -605,24 +648,51 @@ def generate_world(
                 if footprint_ok(c[0], c[1], 0.5, 0.5, th, swo - 1.2):
                     trunk_h = rng.uniform(2.2, 3.5)
                     o = b.add_object(L['vegetation'], (0.4, 0.4, trunk_h), xy=(c[0], c[1]), yaw=th)
-                    b.box(o, L['vegetation'], (0, 0, trunk_h / 2), (0.4, 0.4, trunk_h), _vary(rng, (90, 65, 45)),
-                          seed=int(rng.integers(1 << 30)))
+                    b.box(
+                        o,
+                        L['vegetation'],
+                        (0, 0, trunk_h / 2),
+                        (0.4, 0.4, trunk_h),
+                        _vary(rng, (90, 65, 45)),
+                        seed=int(rng.integers(1 << 30)),
+                    )
                     r = rng.uniform(1.4, 2.6)
                     green = _vary(rng, (60, 110, 45), 0.2)
                     b.sphere(o, L['vegetation'], (0, 0, trunk_h + r * 0.8), r, green, seed=int(rng.integers(1 << 30)))
                     if rng.random() < 0.6:
                         r2 = r * rng.uniform(0.6, 0.85)
-                        b.sphere(o, L['vegetation'], (rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6),
-                                                      trunk_h + r * 0.8 + r * 0.7), r2, green * 1.1,
-                                 seed=int(rng.integers(1 << 30)))
+                        b.sphere(
+                            o,
+                            L['vegetation'],
+                            (rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), trunk_h + r * 0.8 + r * 0.7),
+                            r2,
+                            green * 1.1,
+                            seed=int(rng.integers(1 << 30)),
+                        )
             else:
-                static_box_object(L['manmade'], '', c[0], c[1], th, (0.4, 0.4, rng.uniform(4.5, 7.0)),
-                                  _vary(rng, (120, 122, 125)), min_dist=swo - 1.2)
+                static_box_object(
+                    L['manmade'],
+                    '',
+                    c[0],
+                    c[1],
+                    th,
+                    (0.4, 0.4, rng.uniform(4.5, 7.0)),
+                    _vary(rng, (120, 122, 125)),
+                    min_dist=swo - 1.2,
+                )
             if rng.random() < 0.25:
                 bins[side].append(s + 2.0)
                 (cb,), (thb,) = road.frame(np.array([s + 2.0]), np.array([side * (hw + 0.45)]))
-                static_box_object(L['others'], 'movable_object.pushable_pullable', cb[0], cb[1], thb, (0.6, 0.6, 1.1),
-                                  _vary(rng, (40, 70, 50), 0.2), min_dist=hw + 0.1)
+                static_box_object(
+                    L['others'],
+                    'movable_object.pushable_pullable',
+                    cb[0],
+                    cb[1],
+                    thb,
+                    (0.6, 0.6, 1.1),
+                    _vary(rng, (40, 70, 50), 0.2),
+                    min_dist=hw + 0.1,
+                )
             s += rng.uniform(7.0, 18.0)
 
     # Construction zones in the parking strip: barriers and cones; parked vehicles elsewhere.
@@ -639,28 +709,77 @@ def generate_world(
                     (c,), (th,) = road.frame(np.array([s + u]), np.array([pc]))
                     if pick < 0.5:
                         col = _vary(rng, (200, 200, 195) if rng.random() < 0.6 else (200, 60, 40), 0.08)
-                        static_box_object(L['barrier'], 'movable_object.barrier', c[0], c[1], th, (2.0, 0.6, 1.0),
-                                          col, STYLE_STRIPES)
+                        static_box_object(
+                            L['barrier'], 'movable_object.barrier', c[0], c[1], th, (2.0, 0.6, 1.0), col, STYLE_STRIPES
+                        )
                         u += 2.3
                     else:
-                        static_box_object(L['traffic_cone'], 'movable_object.trafficcone', c[0], c[1], th,
-                                          (0.4, 0.4, 0.75), _vary(rng, (245, 110, 20), 0.06), STYLE_STRIPES)
+                        static_box_object(
+                            L['traffic_cone'],
+                            'movable_object.trafficcone',
+                            c[0],
+                            c[1],
+                            th,
+                            (0.4, 0.4, 0.75),
+                            _vary(rng, (245, 110, 20), 0.06),
+                            STYLE_STRIPES,
+                        )
                         u += rng.uniform(1.5, 3.0)
                 s += zone + rng.uniform(3, 10)
             elif r < 0.75:
                 pick = rng.random()
                 if pick < 0.75:
-                    s_len = _vehicle(b, rng, 'car', follow=True, s0=s, rate=0.0, d=pc, rear=True,
-                                     flip=float(rng.choice([0.0, np.pi])), attribute='vehicle.parked')
+                    s_len = _vehicle(
+                        b,
+                        rng,
+                        'car',
+                        follow=True,
+                        s0=s,
+                        rate=0.0,
+                        d=pc,
+                        rear=True,
+                        flip=float(rng.choice([0.0, np.pi])),
+                        attribute='vehicle.parked',
+                    )
                 elif pick < 0.85:
-                    s_len = _vehicle(b, rng, 'truck', follow=True, s0=s, rate=0.0, d=pc, rear=True, flip=0.0,
-                                     attribute='vehicle.parked')
+                    s_len = _vehicle(
+                        b,
+                        rng,
+                        'truck',
+                        follow=True,
+                        s0=s,
+                        rate=0.0,
+                        d=pc,
+                        rear=True,
+                        flip=0.0,
+                        attribute='vehicle.parked',
+                    )
                 elif pick < 0.92:
-                    s_len = _vehicle(b, rng, 'trailer', follow=True, s0=s, rate=0.0, d=pc, rear=True, flip=0.0,
-                                     attribute='vehicle.parked')
+                    s_len = _vehicle(
+                        b,
+                        rng,
+                        'trailer',
+                        follow=True,
+                        s0=s,
+                        rate=0.0,
+                        d=pc,
+                        rear=True,
+                        flip=0.0,
+                        attribute='vehicle.parked',
+                    )
                 else:
-                    s_len = _vehicle(b, rng, 'construction_vehicle', follow=True, s0=s, rate=0.0, d=pc, rear=True,
-                                     flip=0.0, attribute='vehicle.parked')
+                    s_len = _vehicle(
+                        b,
+                        rng,
+                        'construction_vehicle',
+                        follow=True,
+                        s0=s,
+                        rate=0.0,
+                        d=pc,
+                        rear=True,
+                        flip=0.0,
+                        attribute='vehicle.parked',
+                    )
                 s += s_len + rng.uniform(*p.parked_gap)
             else:
                 s += rng.uniform(*p.parked_gap)
@@ -682,8 +801,9 @@ def generate_world(
     v = ego_rate - rng.uniform(0.3, 1.5)
     while s > s_lo - 40:
         kind = rng.choice(['car', 'car', 'truck', 'motorcycle'])
-        s_len = _vehicle(b, rng, kind, follow=True, s0=s - 2.5, rate=max(v, 0.5), d=-lane, flip=0.0,
-                         attribute='vehicle.moving')
+        s_len = _vehicle(
+            b, rng, kind, follow=True, s0=s - 2.5, rate=max(v, 0.5), d=-lane, flip=0.0, attribute='vehicle.moving'
+        )
         s -= s_len + rng.uniform(*p.car_gap)
         v -= rng.uniform(0.0, 1.0)
     # Oncoming lane: travelling towards -s; the leader is the one with the smallest s.
@@ -707,9 +827,17 @@ def generate_world(
             speeds = speeds[::-1]
         for s, v in zip(pos, speeds):
             kind = 'bicycle' if rng.random() < 0.7 else 'motorcycle'
-            _vehicle(b, rng, kind, follow=True, s0=s, rate=direction * v, d=side * bike_d,
-                     flip=0.0 if direction > 0 else np.pi,
-                     attribute='cycle.with_rider')
+            _vehicle(
+                b,
+                rng,
+                kind,
+                follow=True,
+                s0=s,
+                rate=direction * v,
+                d=side * bike_d,
+                flip=0.0 if direction > 0 else np.pi,
+                attribute='cycle.with_rider',
+            )
     # Pedestrians: two walking paths per sidewalk, one per direction (speeds never decrease towards the
     # front of a path); some people stand at the kerb, clear of the bins.
     for side in (-1.0, 1.0):
@@ -785,8 +913,18 @@ _VEHICLES = {
 }
 
 
-def _vehicle(b: _Builder, rng, kind: str, follow: bool, s0: float, rate: float, d: float, flip: float,
-             attribute: str, rear: bool = False) -> float:
+def _vehicle(
+    b: _Builder,
+    rng,
+    kind: str,
+    follow: bool,
+    s0: float,
+    rate: float,
+    d: float,
+    flip: float,
+    attribute: str,
+    rear: bool = False,
+) -> float:
     """Add a vehicle (several boxes) following the road at arc length ``s0`` (its centre, or its rear end if
     ``rear``); returns its length [m]."""
     (l0, l1), (w0, w1), (h0, h1), category, cls = _VEHICLES[kind]
@@ -796,47 +934,97 @@ def _vehicle(b: _Builder, rng, kind: str, follow: bool, s0: float, rate: float, 
     label = L[cls]
     if kind in ('bicycle', 'motorcycle') and rate == 0.0:
         attribute = 'cycle.without_rider'
-    o = b.add_object(label, (length, width, height), category, attribute, follow=follow, s0=s0, rate=rate, d=d,
-                     flip=flip)
+    o = b.add_object(
+        label, (length, width, height), category, attribute, follow=follow, s0=s0, rate=rate, d=d, flip=flip
+    )
     seed = lambda: int(rng.integers(1 << 30))  # noqa: E731
     if kind == 'car':
         paint = _vary(rng, CAR_PAINTS[rng.integers(len(CAR_PAINTS))], 0.08)
         body_h = height * 0.55
-        b.box(o, label, (0, 0, 0.25 + (body_h - 0.25) / 2), (length, width, body_h - 0.25), paint, STYLE_VEHICLE,
-              seed=seed())
+        b.box(
+            o,
+            label,
+            (0, 0, 0.25 + (body_h - 0.25) / 2),
+            (length, width, body_h - 0.25),
+            paint,
+            STYLE_VEHICLE,
+            seed=seed(),
+        )
         cab_l = length * rng.uniform(0.45, 0.6)
-        b.box(o, label, (-length * 0.06, 0, body_h + (height - body_h) / 2), (cab_l, width * 0.9, height - body_h),
-              paint * 0.9 + 0.02, STYLE_VEHICLE, seed=seed())
+        b.box(
+            o,
+            label,
+            (-length * 0.06, 0, body_h + (height - body_h) / 2),
+            (cab_l, width * 0.9, height - body_h),
+            paint * 0.9 + 0.02,
+            STYLE_VEHICLE,
+            seed=seed(),
+        )
         for fx in (0.33, -0.33):  # wheels as dark boxes
-            b.box(o, label, (fx * length, 0, 0.33), (0.66, width * 1.01, 0.66), np.array([0.02, 0.02, 0.02]),
-                  seed=seed())
+            b.box(
+                o, label, (fx * length, 0, 0.33), (0.66, width * 1.01, 0.66), np.array([0.02, 0.02, 0.02]), seed=seed()
+            )
     elif kind in ('truck', 'construction_vehicle'):
         paint = _vary(rng, CAR_PAINTS[rng.integers(len(CAR_PAINTS))] if kind == 'truck' else (230, 170, 20), 0.08)
         cab_l = 2.0
         cab_h = height * 0.85 - 0.5
-        b.box(o, label, (length / 2 - cab_l / 2, 0, 0.5 + cab_h / 2), (cab_l, width, cab_h),
-              paint, STYLE_VEHICLE, seed=seed())
+        b.box(
+            o,
+            label,
+            (length / 2 - cab_l / 2, 0, 0.5 + cab_h / 2),
+            (cab_l, width, cab_h),
+            paint,
+            STYLE_VEHICLE,
+            seed=seed(),
+        )
         cargo = _vary(rng, (210, 210, 205), 0.15) if kind == 'truck' else paint * 0.8
-        b.box(o, label, (-cab_l / 2 - 0.1, 0, 0.6 + (height - 0.6) / 2), (length - cab_l - 0.2, width, height - 0.6),
-              cargo, STYLE_PLAIN, seed=seed())
+        b.box(
+            o,
+            label,
+            (-cab_l / 2 - 0.1, 0, 0.6 + (height - 0.6) / 2),
+            (length - cab_l - 0.2, width, height - 0.6),
+            cargo,
+            STYLE_PLAIN,
+            seed=seed(),
+        )
         for fx in (0.35, -0.3):
             b.box(o, label, (fx * length, 0, 0.5), (1.0, width * 1.01, 1.0), np.array([0.02, 0.02, 0.02]), seed=seed())
     elif kind == 'trailer':
         paint = _vary(rng, (200, 200, 200), 0.2)
-        b.box(o, label, (0, 0, 1.0 + (height - 1.0) / 2), (length, width, height - 1.0), paint, STYLE_PLAIN,
-              seed=seed())
+        b.box(
+            o, label, (0, 0, 1.0 + (height - 1.0) / 2), (length, width, height - 1.0), paint, STYLE_PLAIN, seed=seed()
+        )
         b.box(o, label, (-length * 0.3, 0, 0.5), (1.4, width * 0.95, 1.0), np.array([0.02, 0.02, 0.02]), seed=seed())
     elif kind == 'bus':
         paint = _vary(rng, [(200, 40, 40), (240, 240, 235), (40, 90, 170), (240, 190, 40)][rng.integers(4)], 0.08)
-        b.box(o, label, (0, 0, 0.35 + (height - 0.35) / 2), (length, width, height - 0.35), paint, STYLE_VEHICLE,
-              seed=seed())
+        b.box(
+            o,
+            label,
+            (0, 0, 0.35 + (height - 0.35) / 2),
+            (length, width, height - 0.35),
+            paint,
+            STYLE_VEHICLE,
+            seed=seed(),
+        )
     else:  # bicycle, motorcycle: a frame and, when ridden, a rider; all of the vehicle's class (as nuScenes boxes)
         frame_col = _vary(rng, CAR_PAINTS[rng.integers(len(CAR_PAINTS))], 0.1)
-        b.box(o, label, (0, 0, 0.45), (length, width * (0.4 if kind == 'bicycle' else 0.9), 0.8 if kind == 'motorcycle'
-                                      else 0.7), frame_col, seed=seed())
+        b.box(
+            o,
+            label,
+            (0, 0, 0.45),
+            (length, width * (0.4 if kind == 'bicycle' else 0.9), 0.8 if kind == 'motorcycle' else 0.7),
+            frame_col,
+            seed=seed(),
+        )
         if attribute == 'cycle.with_rider':
-            b.box(o, label, (-0.1 * length, 0, 0.9 + (height - 0.9) / 2), (0.5, 0.5, height - 0.9),
-                  _vary(rng, CLOTHES[rng.integers(len(CLOTHES))], 0.1), seed=seed())
+            b.box(
+                o,
+                label,
+                (-0.1 * length, 0, 0.9 + (height - 0.9) / 2),
+                (0.5, 0.5, height - 0.9),
+                _vary(rng, CLOTHES[rng.integers(len(CLOTHES))], 0.1),
+                seed=seed(),
+            )
     return length
 
 
@@ -845,13 +1033,28 @@ def _pedestrian(b: _Builder, rng, s0: float, rate: float, d: float, flip: float)
     width = float(rng.uniform(0.55, 0.7))
     length = float(rng.uniform(0.5, 0.65))
     attribute = 'pedestrian.standing' if rate == 0.0 else 'pedestrian.moving'
-    o = b.add_object(L['pedestrian'], (length, width, height), 'human.pedestrian.adult', attribute, follow=True,
-                     s0=s0, rate=rate, d=d, flip=flip)
+    o = b.add_object(
+        L['pedestrian'],
+        (length, width, height),
+        'human.pedestrian.adult',
+        attribute,
+        follow=True,
+        s0=s0,
+        rate=rate,
+        d=d,
+        flip=flip,
+    )
     label = L['pedestrian']
     legs = _vary(rng, CLOTHES[rng.integers(len(CLOTHES))], 0.1)
     top = _vary(rng, CLOTHES[rng.integers(len(CLOTHES))], 0.1)
     skin = _vary(rng, [(225, 185, 150), (160, 110, 80), (90, 60, 45)][rng.integers(3)], 0.05)
     b.box(o, label, (0, 0, 0.42), (length * 0.6, width * 0.7, 0.84), legs, seed=int(rng.integers(1 << 30)))
-    b.box(o, label, (0, 0, 0.84 + (height - 1.1) / 2), (length * 0.75, width, height - 1.1), top,
-          seed=int(rng.integers(1 << 30)))
+    b.box(
+        o,
+        label,
+        (0, 0, 0.84 + (height - 1.1) / 2),
+        (length * 0.75, width, height - 1.1),
+        top,
+        seed=int(rng.integers(1 << 30)),
+    )
     b.sphere(o, label, (0, 0, height - 0.13), 0.13, skin, STYLE_PLAIN, seed=int(rng.integers(1 << 30)))

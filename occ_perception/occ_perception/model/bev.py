@@ -32,7 +32,9 @@ class BevBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
-        self.downsample = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=True) if (stride != 1 or in_ch != out_ch) else None
+        self.downsample = (
+            nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=True) if (stride != 1 or in_ch != out_ch) else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -73,12 +75,18 @@ class BevNeck(nn.Module):
         super().__init__()
         mid = out_ch * 2
         self.conv = nn.Sequential(
-            nn.Conv2d(in_ch, mid, 3, 1, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, 1, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(in_ch, mid, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
         )
         self.up2 = nn.Sequential(
             nn.Upsample(scale_factor=2.0, mode='bilinear', align_corners=True),
-            nn.Conv2d(mid, out_ch, 3, 1, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, out_ch, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
             nn.Conv2d(out_ch, out_ch, 1, 1, 0, bias=True),
         )
 
@@ -111,7 +119,9 @@ class HistoryWarp(nn.Module):
         self.register_buffer('base_grid', base, persistent=False)
         self.bev_size = (int(x_size), int(y_size))
 
-    def forward(self, history_bev: torch.Tensor, history_theta: torch.Tensor, history_valid: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, history_bev: torch.Tensor, history_theta: torch.Tensor, history_valid: torch.Tensor
+    ) -> torch.Tensor:
         k, c = history_bev.shape[0], history_bev.shape[1]
         x_size, y_size = self.bev_size
         grid = torch.matmul(self.base_grid, history_theta.transpose(1, 2))  # (K, Y*X, 2)

@@ -52,14 +52,25 @@ def load_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None = N
     except Exception as err:  # OSError, pickle errors, RuntimeError from torch
         raise ModelCheckpointError(f'checkpoint {os.fspath(path)!r}: cannot load: {err}') from err
     if not isinstance(data, dict) or data.get('format') != FORMAT:
-        raise ModelCheckpointError(f'checkpoint {os.fspath(path)!r}: not an {FORMAT} checkpoint '
-                                   '(a FlashOCC checkpoint? convert it with occ-perception import-flashocc)')
-    stored = get_config(str(data['config']), history=int(data['history']),
-                        history_offsets=tuple(data['history_offsets']), flow_head=bool(data['flow_head']))
-    if config is not None and (config.name, config.history, config.flow_head) != (stored.name, stored.history, stored.flow_head):
+        raise ModelCheckpointError(
+            f'checkpoint {os.fspath(path)!r}: not an {FORMAT} checkpoint '
+            '(a FlashOCC checkpoint? convert it with occ-perception import-flashocc)'
+        )
+    stored = get_config(
+        str(data['config']),
+        history=int(data['history']),
+        history_offsets=tuple(data['history_offsets']),
+        flow_head=bool(data['flow_head']),
+    )
+    if config is not None and (config.name, config.history, config.flow_head) != (
+        stored.name,
+        stored.history,
+        stored.flow_head,
+    ):
         raise ModelCheckpointError(
             f'checkpoint {os.fspath(path)!r}: holds {stored.name} history={stored.history} flow_head={stored.flow_head}, '
-            f'requested {config.name} history={config.history} flow_head={config.flow_head}')
+            f'requested {config.name} history={config.history} flow_head={config.flow_head}'
+        )
     net = OccNet(config or stored)
     try:
         net.load_state_dict(data['state_dict'], strict=True)

@@ -85,11 +85,15 @@ class ModelConfig:
         if w % 32 or h % 32 or w <= 0 or h <= 0:
             raise ConfigError(f'{self.name}: image_size must be positive multiples of 32, got {self.image_size}')
         if self.feature_stride != 16:
-            raise ConfigError(f'{self.name}: feature_stride must be 16 (stage 3 of the ResNet), got {self.feature_stride}')
+            raise ConfigError(
+                f'{self.name}: feature_stride must be 16 (stage 3 of the ResNet), got {self.feature_stride}'
+            )
         if self.backbone_depth not in (18, 50):
             raise ConfigError(f'{self.name}: backbone_depth must be 18 or 50, got {self.backbone_depth}')
         if self.num_depth_bins <= 0:
-            raise ConfigError(f'{self.name}: no depth bins in [{self.depth_min}, {self.depth_max}) step {self.depth_step}')
+            raise ConfigError(
+                f'{self.name}: no depth bins in [{self.depth_min}, {self.depth_max}) step {self.depth_step}'
+            )
         if self.history < 0 or len(self.history_offsets) != self.history:
             raise ConfigError(
                 f'{self.name}: history_offsets needs one offset per history slot, got history={self.history}, '
@@ -165,9 +169,12 @@ _TINY = ModelConfig(
 CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (_M0, _M1, _TINY)}
 
 
-
-def get_config(name: str, history: int | None = None, history_offsets: tuple[float, ...] | None = None,
-               flow_head: bool | None = None) -> ModelConfig:
+def get_config(
+    name: str,
+    history: int | None = None,
+    history_offsets: tuple[float, ...] | None = None,
+    flow_head: bool | None = None,
+) -> ModelConfig:
     """The named config, optionally with K history slots and/or without the flow head.
 
     Args:

@@ -19,8 +19,8 @@ reported as unexpected.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 
@@ -74,8 +74,10 @@ class ImportReport:
         return not self.missing and not self.unexpected
 
     def summary(self) -> str:
-        return (f'loaded {len(self.loaded)} tensors, {len(self.additions)} documented additions left at init, '
-                f'{len(self.widened)} widened for history, missing {self.missing}, unexpected {self.unexpected}')
+        return (
+            f'loaded {len(self.loaded)} tensors, {len(self.additions)} documented additions left at init, '
+            f'{len(self.widened)} widened for history, missing {self.missing}, unexpected {self.unexpected}'
+        )
 
 
 def extract_state_dict(checkpoint: object) -> dict[str, torch.Tensor]:
@@ -90,13 +92,15 @@ def extract_state_dict(checkpoint: object) -> dict[str, torch.Tensor]:
     if isinstance(checkpoint, Mapping) and 'state_dict' in checkpoint:
         checkpoint = checkpoint['state_dict']
     if not isinstance(checkpoint, Mapping) or not checkpoint:
-        raise CheckpointError('FlashOCC checkpoint: expected {"state_dict": {name: tensor}} or a state dict, '
-                              f'got {type(checkpoint).__name__}')
+        raise CheckpointError(
+            'FlashOCC checkpoint: expected {"state_dict": {name: tensor}} or a state dict, '
+            f'got {type(checkpoint).__name__}'
+        )
     out: dict[str, torch.Tensor] = {}
     for key, value in checkpoint.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f'FlashOCC checkpoint: entry {key!r} is a {type(value).__name__}, expected a tensor')
-        out[key[len('module.'):] if key.startswith('module.') else key] = value
+        out[key[len('module.') :] if key.startswith('module.') else key] = value
     return out
 
 
@@ -123,14 +127,18 @@ def import_flashocc_state_dict(net: OccNet, flashocc: Mapping[str, torch.Tensor]
             target = ours[key]
             if key in HISTORY_INPUT_KEYS and net.config.history and target.shape[1] != value.shape[1]:
                 if value.shape[1] != c_bev or target.shape[:1] + target.shape[2:] != value.shape[:1] + value.shape[2:]:
-                    raise CheckpointError(f'FlashOCC checkpoint: {key} has shape {list(value.shape)}, '
-                                          f'expected {[target.shape[0], c_bev, *target.shape[2:]]}')
+                    raise CheckpointError(
+                        f'FlashOCC checkpoint: {key} has shape {list(value.shape)}, '
+                        f'expected {[target.shape[0], c_bev, *target.shape[2:]]}'
+                    )
                 target.zero_()
                 target[:, :c_bev].copy_(value)
                 report.widened.append(key)
             elif target.shape != value.shape:
-                raise CheckpointError(f'FlashOCC checkpoint: {key} has shape {list(value.shape)}, ours is '
-                                      f'{list(target.shape)} (config {net.config.name})')
+                raise CheckpointError(
+                    f'FlashOCC checkpoint: {key} has shape {list(value.shape)}, ours is '
+                    f'{list(target.shape)} (config {net.config.name})'
+                )
             else:
                 target.copy_(value)
             report.loaded.append(key)

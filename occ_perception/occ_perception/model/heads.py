@@ -30,7 +30,9 @@ class HeightHead(nn.Module):
     def __init__(self, channels: int, z_size: int, out: int) -> None:
         super().__init__()
         self.final_conv = ConvBias(channels, channels, 3, relu=True)
-        self.predicter = nn.Sequential(nn.Linear(channels, channels * 2), nn.Softplus(), nn.Linear(channels * 2, z_size * out))
+        self.predicter = nn.Sequential(
+            nn.Linear(channels, channels * 2), nn.Softplus(), nn.Linear(channels * 2, z_size * out)
+        )
         self.z_size, self.out = int(z_size), int(out)
 
     def forward(self, bev: torch.Tensor) -> torch.Tensor:

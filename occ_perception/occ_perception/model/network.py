@@ -31,7 +31,7 @@ warped history...] on channels; BEV encoder + neck -> (1, C', Y, X); heads.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -161,8 +161,9 @@ class OccNet(nn.Module):
         names = self.table_names()
         missing = [n for n in names if n not in feeds]
         if missing:
-            raise NetworkInputError(f'OccNet: splat tables {missing} missing; expected {list(names)}, '
-                                    f'got {sorted(feeds)}')
+            raise NetworkInputError(
+                f'OccNet: splat tables {missing} missing; expected {list(names)}, got {sorted(feeds)}'
+            )
         return tuple(feeds[n] for n in names)
 
     def encode_bev(self, images: torch.Tensor, tables: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -190,9 +191,14 @@ class OccNet(nn.Module):
         flow = self.flow_head(top) if self.flow_head is not None else None
         return logits, flow
 
-    def predict(self, images: torch.Tensor, tables: Mapping[str, torch.Tensor], history_bev: torch.Tensor | None = None,
-                history_theta: torch.Tensor | None = None, history_valid: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def predict(
+        self,
+        images: torch.Tensor,
+        tables: Mapping[str, torch.Tensor],
+        history_bev: torch.Tensor | None = None,
+        history_theta: torch.Tensor | None = None,
+        history_valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """The differentiable network (training entry point): images, tables and history -> logits and flow.
 
         Args:
@@ -213,8 +219,10 @@ class OccNet(nn.Module):
         history = (history_bev, history_theta, history_valid)
         given = [name for name, v in zip(HISTORY_NAMES, history) if v is not None]
         if self.config.history and len(given) != 3:
-            raise NetworkInputError(f'OccNet ({self.config.name}, history K={self.config.history}): needs '
-                                    f'{list(HISTORY_NAMES)}, got only {given}')
+            raise NetworkInputError(
+                f'OccNet ({self.config.name}, history K={self.config.history}): needs '
+                f'{list(HISTORY_NAMES)}, got only {given}'
+            )
         if not self.config.history and given:
             raise NetworkInputError(f'OccNet ({self.config.name}): no history (K=0), but got {given}')
         bev_feature = self.encode_bev(images, tables)  # (C, Y, X)
@@ -224,10 +232,18 @@ class OccNet(nn.Module):
         logits, flow = self.decode(bev)
         return logits, flow, bev_feature
 
-    def forward(self, images: torch.Tensor, splat_depth_index: torch.Tensor, splat_feat_index: torch.Tensor,
-                splat_reduce_1: torch.Tensor, splat_reduce_2: torch.Tensor, splat_cell_index: torch.Tensor,
-                history_bev: torch.Tensor | None = None, history_theta: torch.Tensor | None = None,
-                history_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        splat_depth_index: torch.Tensor,
+        splat_feat_index: torch.Tensor,
+        splat_reduce_1: torch.Tensor,
+        splat_reduce_2: torch.Tensor,
+        splat_cell_index: torch.Tensor,
+        history_bev: torch.Tensor | None = None,
+        history_theta: torch.Tensor | None = None,
+        history_valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         """The exported graph: :meth:`predict`, then softmax, argmax and the uint8 casts.
 
         Args:

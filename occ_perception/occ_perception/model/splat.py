@@ -36,8 +36,14 @@ class Splat(nn.Module):
         super().__init__()
         self.bev_size = (int(bev_size[0]), int(bev_size[1]))
 
-    def forward(self, depth: torch.Tensor, feat: torch.Tensor, depth_index: torch.Tensor, feat_index: torch.Tensor,
-                *tables: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        depth: torch.Tensor,
+        feat: torch.Tensor,
+        depth_index: torch.Tensor,
+        feat_index: torch.Tensor,
+        *tables: torch.Tensor,
+    ) -> torch.Tensor:
         reduce, cell_index = tables[:-1], tables[-1]
         c = feat.shape[1]
         depth_flat = torch.cat([depth.reshape(-1), depth.new_zeros(1)])  # (N*D*H*W + 1,)

@@ -30,8 +30,9 @@ def splat_ranks(cells: np.ndarray | torch.Tensor, depth_shape: tuple[int, ...]) 
     return keep, (keep // (d * h * w)) * (h * w) + keep % (h * w), cells[keep]
 
 
-def splat_index_add(depth: torch.Tensor, feat: torch.Tensor, ranks: tuple[torch.Tensor, ...],
-                    bev_size: tuple[int, int]) -> torch.Tensor:
+def splat_index_add(
+    depth: torch.Tensor, feat: torch.Tensor, ranks: tuple[torch.Tensor, ...], bev_size: tuple[int, int]
+) -> torch.Tensor:
     """Direct splat with gathers and ``index_add`` over precomputed :func:`splat_ranks`.
 
     Args:
@@ -48,8 +49,9 @@ def splat_index_add(depth: torch.Tensor, feat: torch.Tensor, ranks: tuple[torch.
     return out.t().reshape(c, bev_size[1], bev_size[0])
 
 
-def splat_reference(depth: torch.Tensor, feat: torch.Tensor, cells: np.ndarray | torch.Tensor,
-                    bev_size: tuple[int, int]) -> torch.Tensor:
+def splat_reference(
+    depth: torch.Tensor, feat: torch.Tensor, cells: np.ndarray | torch.Tensor, bev_size: tuple[int, int]
+) -> torch.Tensor:
     """Direct splat with ``index_add`` over all frustum points (the test reference).
 
     Args:

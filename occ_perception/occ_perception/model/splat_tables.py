@@ -35,7 +35,7 @@ with x along the width; cell (ix, iy) has flat index ``iy * X + ix``.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -74,8 +74,10 @@ def splat_table_names(levels: int = len(SPLAT_CHUNKS)) -> tuple[str, ...]:
     ``splat_depth_index``, ``splat_feat_index`` (level 0), ``splat_reduce_1`` ...
     ``splat_reduce_{levels}`` (the last one is the per-cell level) and ``splat_cell_index``.
     """
-    return ('splat_depth_index', 'splat_feat_index') + tuple(f'splat_reduce_{k}' for k in range(1, levels + 1)) + (
-        'splat_cell_index',
+    return (
+        ('splat_depth_index', 'splat_feat_index')
+        + tuple(f'splat_reduce_{k}' for k in range(1, levels + 1))
+        + ('splat_cell_index',)
     )
 
 
@@ -87,13 +89,16 @@ def _check_matrices(matrices: RigMatrices) -> tuple[np.ndarray, np.ndarray, np.n
     expected = (('cam_to_ego', c2e, (n, 4, 4)), ('intrinsics', k, (n, 3, 3)), ('image_transform', t, (n, 3, 3)))
     for name, arr, shape in expected:
         if n <= 0 or arr.shape != shape:
-            raise SplatError(f'rig matrices: {name} must have shape (N, {shape[1]}, {shape[2]}) with the same N >= 1, '
-                             f'got {arr.shape}')
+            raise SplatError(
+                f'rig matrices: {name} must have shape (N, {shape[1]}, {shape[2]}) with the same N >= 1, '
+                f'got {arr.shape}'
+            )
         if not np.all(np.isfinite(arr)):
             raise SplatError(f'rig matrices: {name} has non-finite values')
     if np.any(np.abs(np.linalg.det(k)) < 1e-12) or np.any(np.abs(np.linalg.det(t)) < 1e-12):
-        raise SplatError('rig matrices: an intrinsics or image_transform matrix is singular '
-                         '(zero focal length or scale?)')
+        raise SplatError(
+            'rig matrices: an intrinsics or image_transform matrix is singular (zero focal length or scale?)'
+        )
     return c2e, k, t
 
 
@@ -152,8 +157,10 @@ def bev_cells(config: ModelConfig, points: np.ndarray) -> np.ndarray:
     x_size, y_size = config.bev_size
     inside = (
         finite
-        & (idx[..., 0] >= 0) & (idx[..., 0] < x_size)
-        & (idx[..., 1] >= 0) & (idx[..., 1] < y_size)
+        & (idx[..., 0] >= 0)
+        & (idx[..., 0] < x_size)
+        & (idx[..., 1] >= 0)
+        & (idx[..., 1] < y_size)
         & (idx[..., 2] == 0)
     )
     idx = np.where(inside[..., None], idx, 0).astype(np.int64)
@@ -190,8 +197,9 @@ def _chunk_rows(group: np.ndarray, length: int | None) -> tuple[np.ndarray, np.n
     return table, np.repeat(group[starts], chunks_per_group)
 
 
-def build_splat_tables(config: ModelConfig, matrices: RigMatrices,
-                       chunks: tuple[int, ...] = SPLAT_CHUNKS) -> dict[str, np.ndarray]:
+def build_splat_tables(
+    config: ModelConfig, matrices: RigMatrices, chunks: tuple[int, ...] = SPLAT_CHUNKS
+) -> dict[str, np.ndarray]:
     """The splat tables for one rig: the graph inputs named by :func:`splat_table_names`.
 
     Args:
@@ -265,8 +273,9 @@ def build_splat_tables(config: ModelConfig, matrices: RigMatrices,
     return {name: np.ascontiguousarray(v, dtype=np.int64) for name, v in tables.items()}
 
 
-def check_splat_tables(tables: Mapping[str, np.ndarray], config: ModelConfig, num_cameras: int,
-                       levels: int = len(SPLAT_CHUNKS)) -> None:
+def check_splat_tables(
+    tables: Mapping[str, np.ndarray], config: ModelConfig, num_cameras: int, levels: int = len(SPLAT_CHUNKS)
+) -> None:
     """Check names, ranks and index ranges of splat tables before they reach a runtime.
 
     Args:
@@ -286,8 +295,10 @@ def check_splat_tables(tables: Mapping[str, np.ndarray], config: ModelConfig, nu
     depth = np.asarray(tables['splat_depth_index'])
     feat = np.asarray(tables['splat_feat_index'])
     if depth.ndim != 2 or feat.shape != depth.shape:
-        raise SplatError(f'splat tables: splat_depth_index and splat_feat_index must be equal (R, L), '
-                         f'got {depth.shape} and {feat.shape}')
+        raise SplatError(
+            f'splat tables: splat_depth_index and splat_feat_index must be equal (R, L), '
+            f'got {depth.shape} and {feat.shape}'
+        )
     limits = {'splat_depth_index': num_cameras * d * h * w, 'splat_feat_index': num_cameras * h * w - 1}
     rows = depth.shape[0]
     total = rows
@@ -313,8 +324,9 @@ def check_splat_tables(tables: Mapping[str, np.ndarray], config: ModelConfig, nu
             raise SplatError(f'splat tables: {name} has indices outside [0, {hi}]; built for another config or rig?')
 
 
-def mask_cameras(tables: Mapping[str, np.ndarray], config: ModelConfig, num_cameras: int,
-                 active: Sequence[bool]) -> dict[str, np.ndarray]:
+def mask_cameras(
+    tables: Mapping[str, np.ndarray], config: ModelConfig, num_cameras: int, active: Sequence[bool]
+) -> dict[str, np.ndarray]:
     """Tables of the same shapes in which the inactive cameras contribute nothing.
 
     Every level-0 entry of an inactive camera is pointed at the zero depth slot

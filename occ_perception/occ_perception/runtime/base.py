@@ -90,7 +90,7 @@ class Backend(ABC):
     def _run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         """Run with already-checked feeds; return numpy arrays."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op unless the backend holds something
         """Release what the backend holds (session, execution context, device memory). Safe to call twice."""
 
     @property

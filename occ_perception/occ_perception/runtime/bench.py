@@ -17,9 +17,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -72,8 +72,16 @@ def splat_bench(workdir: Path, repeats: int = 15, threads: int = 0) -> tuple[Ben
     dynamic = {n: {i: f'{n}_{i}' for i in range(tables[n].ndim)} for n in names if n != 'splat_cell_index'}
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(module, args, str(path), input_names=['depth', 'feat', *names], output_names=['bev'],
-                          dynamic_axes=dynamic, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=['depth', 'feat', *names],
+            output_names=['bev'],
+            dynamic_axes=dynamic,
+            opset_version=17,
+            dynamo=False,
+        )
     backend = OnnxRuntimeBackend(path, threads=threads)
     feeds = {'depth': depth.numpy(), 'feat': feat.numpy(), **tables}
 
@@ -95,8 +103,10 @@ def splat_bench(workdir: Path, repeats: int = 15, threads: int = 0) -> tuple[Ben
             t_ort.append(median_time(lambda: backend.run(feeds), repeats // 3 + 1))
             t_torch.append(median_time(torch_splat, repeats // 3 + 1))
     n = 3 * (repeats // 3 + 1)
-    return (BenchResult('splat M1 onnxruntime CPU', statistics.median(t_ort), n),
-            BenchResult('splat M1 torch index_add', statistics.median(t_torch), n))
+    return (
+        BenchResult('splat M1 onnxruntime CPU', statistics.median(t_ort), n),
+        BenchResult('splat M1 torch index_add', statistics.median(t_torch), n),
+    )
 
 
 def model_bench(config_name: str, workdir: Path, repeats: int, threads: int = 0) -> BenchResult:
@@ -111,18 +121,27 @@ def model_bench(config_name: str, workdir: Path, repeats: int, threads: int = 0)
     path = export_onnx(net, workdir / f'{config_name}.onnx')
     backend = OnnxRuntimeBackend(path, threads=threads)
     feeds = sample_inputs(net)
-    return BenchResult(f'{config_name} end to end onnxruntime CPU', median_time(lambda: backend.run(feeds), repeats), repeats)
+    return BenchResult(
+        f'{config_name} end to end onnxruntime CPU', median_time(lambda: backend.run(feeds), repeats), repeats
+    )
 
 
-def run_bench(repeats: int = 15, m0_repeats: int = 5, threads: int = 0, skip_m0: bool = False,
-              print_fn: Callable[[str], None] = print) -> dict[str, float]:
+def run_bench(
+    repeats: int = 15,
+    m0_repeats: int = 5,
+    threads: int = 0,
+    skip_m0: bool = False,
+    print_fn: Callable[[str], None] = print,
+) -> dict[str, float]:
     """Run all benchmarks and print a table; returns name -> median seconds (and derived figures)."""
     results: dict[str, float] = {}
     load_before = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     with tempfile.TemporaryDirectory(prefix='occ-bench-') as tmp:
         work = Path(tmp)
-        print_fn(f'torch {torch.__version__}, threads {torch.get_num_threads()}; onnxruntime threads '
-                 f'{threads or "default"}; medians of repeats')
+        print_fn(
+            f'torch {torch.__version__}, threads {torch.get_num_threads()}; onnxruntime threads '
+            f'{threads or "default"}; medians of repeats'
+        )
         ort_splat, torch_splat = splat_bench(work, repeats, threads)
         results['splat_ort_s'] = ort_splat.median_s
         results['splat_torch_s'] = torch_splat.median_s
@@ -137,15 +156,23 @@ def run_bench(repeats: int = 15, m0_repeats: int = 5, threads: int = 0, skip_m0:
         ('splat M1 geometry, onnxruntime CPU (table graph)', f'{results["splat_ort_s"] * 1e3:8.1f} ms', ''),
         ('splat M1 geometry, torch eager index_add', f'{results["splat_torch_s"] * 1e3:8.1f} ms', ''),
         ('splat ratio onnxruntime / torch', f'{results["splat_ratio"]:8.2f} x', 'target <= 1.5'),
-        ('tiny end to end, onnxruntime CPU, 6 cameras', f'{results["tiny_fps"]:8.1f} frames/s',
-         f'{results["tiny_s"] * 1e3:.1f} ms/frame, target >= 5 frames/s'),
+        (
+            'tiny end to end, onnxruntime CPU, 6 cameras',
+            f'{results["tiny_fps"]:8.1f} frames/s',
+            f'{results["tiny_s"] * 1e3:.1f} ms/frame, target >= 5 frames/s',
+        ),
     ]
     if 'm0_s' in results:
         rows.append(('flashocc-m0 end to end, onnxruntime CPU, 6 cameras', f'{results["m0_s"]:8.2f} s/frame', ''))
     load_after = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     results['load_before'], results['load_after'] = load_before, load_after
-    rows.append(('1-minute load average before / after (other processes slow all figures)',
-                 f'{load_before:.2f} / {load_after:.2f}', f'{os.cpu_count()} CPUs'))
+    rows.append(
+        (
+            '1-minute load average before / after (other processes slow all figures)',
+            f'{load_before:.2f} / {load_after:.2f}',
+            f'{os.cpu_count()} CPUs',
+        )
+    )
     width = max(len(r[0]) for r in rows)
     print_fn('-' * (width + 40))
     for name, value, note in rows:

@@ -241,13 +241,22 @@ class EngineKey:
             (name, tuple(int(d) for d in r.min), tuple(int(d) for d in r.opt), tuple(int(d) for d in r.max))
             for name, r in sorted(ranges.items())
         )
-        return cls(onnx_digest(onnx_path), str(trt_version), gpu.name, gpu.compute_capability, precision, profile,
-                   int(workspace_bytes))
+        return cls(
+            onnx_digest(onnx_path),
+            str(trt_version),
+            gpu.name,
+            gpu.compute_capability,
+            precision,
+            profile,
+            int(workspace_bytes),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The key as plain JSON-able data (the sidecar's content)."""
         data = asdict(self)
-        data['profile'] = {name: {'min': list(lo), 'opt': list(opt), 'max': list(hi)} for name, lo, opt, hi in self.profile}
+        data['profile'] = {
+            name: {'min': list(lo), 'opt': list(opt), 'max': list(hi)} for name, lo, opt, hi in self.profile
+        }
         return data
 
     def digest(self) -> str:
@@ -381,7 +390,10 @@ def convert_to_fp16(
     feeds = {name: np.ascontiguousarray(value) for name, value in calibration_feeds.items()}
     try:
         model = convert_to_mixed_precision(
-            onnx_path=src, low_precision_type='fp16', keep_io_types=True, calibration_data=feeds,
+            onnx_path=src,
+            low_precision_type='fp16',
+            keep_io_types=True,
+            calibration_data=feeds,
             nodes_to_exclude=list(keep_fp32),
         )
     except Exception as err:  # AutoCast raises ValueError, AssertionError, onnxruntime errors
@@ -453,8 +465,10 @@ def build_engine(
         half = fp16_onnx_path(onnx_path)
         if rebuild or not half.is_file():
             if calibration_feeds is None:
-                raise EngineError(f'fp16 build of {os.fspath(onnx_path)!r}: no fp16 graph at {os.fspath(half)!r} '
-                                  'and no calibration feeds to make one')
+                raise EngineError(
+                    f'fp16 build of {os.fspath(onnx_path)!r}: no fp16 graph at {os.fspath(half)!r} '
+                    'and no calibration feeds to make one'
+                )
             convert_to_fp16(onnx_path, half, calibration_feeds)
         source = half
 

@@ -114,8 +114,9 @@ def check_op_set(model: Any) -> dict[str, int]:
     return ops
 
 
-def export_onnx(net: Any, path: str | os.PathLike[str], rig: Any = None, opset: int | None = None,
-                dynamo: bool = False) -> Path:
+def export_onnx(
+    net: Any, path: str | os.PathLike[str], rig: Any = None, opset: int | None = None, dynamo: bool = False
+) -> Path:
     """Export ``net`` (an :class:`OccNet`) to ONNX at ``path``, then run the checker and the op-set check.
 
     The camera count and table lengths are dynamic axes. The default exporter is
@@ -156,12 +157,29 @@ def export_onnx(net: Any, path: str | os.PathLike[str], rig: Any = None, opset: 
 
                 # forward's parameters are named after the graph inputs
                 shapes = {s.name: dims(s) for s in specs}
-                torch.onnx.export(net, args, os.fspath(path), **names, dynamic_shapes=shapes, opset_version=opset or 18,
-                                  dynamo=True, external_data=False, verbose=False)
+                torch.onnx.export(
+                    net,
+                    args,
+                    os.fspath(path),
+                    **names,
+                    dynamic_shapes=shapes,
+                    opset_version=opset or 18,
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
+                )
             else:
                 dynamic = {s.name: {i: f'{s.name}_dim{i}' for i, d in enumerate(s.shape) if d is None} for s in specs}
-                torch.onnx.export(net, args, os.fspath(path), **names, dynamic_axes={k: v for k, v in dynamic.items() if v},
-                                  opset_version=opset or OPSET, dynamo=False, do_constant_folding=True)
+                torch.onnx.export(
+                    net,
+                    args,
+                    os.fspath(path),
+                    **names,
+                    dynamic_axes={k: v for k, v in dynamic.items() if v},
+                    opset_version=opset or OPSET,
+                    dynamo=False,
+                    do_constant_folding=True,
+                )
     except Exception as err:  # the exporters raise many types
         raise ExportError(f'ONNX export of {net.config.name} failed: {err}') from err
     try:

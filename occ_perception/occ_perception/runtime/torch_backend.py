@@ -51,5 +51,7 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             result = self.module(*args)
         if not isinstance(result, (tuple, list)) or len(result) != len(self.outputs):
-            raise BackendError(f'torch backend: the module returned {type(result).__name__}, expected {len(self.outputs)} outputs')
+            raise BackendError(
+                f'torch backend: the module returned {type(result).__name__}, expected {len(self.outputs)} outputs'
+            )
         return {name: value.detach().cpu().numpy() for name, value in zip(self.output_names, result)}

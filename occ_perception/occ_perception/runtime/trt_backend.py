@@ -159,8 +159,11 @@ class TensorRTBackend(Backend):
                 raise BackendError(f'tensorrt: set_input_shape refused {spec.name} {list(shape)}')
             pointer = self._buffer(spec.name, array.nbytes)
             if array.nbytes:
-                cuda_check(cudart, cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d, self._stream),
-                           f'cudaMemcpyAsync host to device ({spec.name})')
+                cuda_check(
+                    cudart,
+                    cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d, self._stream),
+                    f'cudaMemcpyAsync host to device ({spec.name})',
+                )
             if not self.context.set_tensor_address(spec.name, pointer):
                 raise BackendError(f'tensorrt: set_tensor_address refused input {spec.name}')
             host[spec.name] = array
@@ -178,8 +181,11 @@ class TensorRTBackend(Backend):
             raise BackendError('tensorrt: execute_async_v3 failed (see the TensorRT log)')
         for name, out in results.items():
             if out.nbytes:
-                cuda_check(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name][0], out.nbytes, d2h,
-                                                          self._stream), f'cudaMemcpyAsync device to host ({name})')
+                cuda_check(
+                    cudart,
+                    cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name][0], out.nbytes, d2h, self._stream),
+                    f'cudaMemcpyAsync device to host ({name})',
+                )
         cuda_check(cudart, cudart.cudaStreamSynchronize(self._stream), 'cudaStreamSynchronize')
         del host
         return results
