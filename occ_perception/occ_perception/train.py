@@ -254,6 +254,8 @@ def network_outputs(net: OccNet, images: torch.Tensor, tables: Mapping[str, torc
                     history_bev: torch.Tensor | None = None, history_theta: torch.Tensor | None = None,
                     history_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class logits (X, Y, Z, 18) and flow (X, Y, Z, 2) or None for one frame (uint8 images (N, H, W, 3))."""
+    if not net.config.history:
+        history_bev = history_theta = history_valid = None
     logits, flow, _ = net.predict(images, tables, history_bev, history_theta, history_valid)
     return logits, flow
 
