@@ -84,6 +84,8 @@ setup(
         'runtime': RUNTIME,
         # engine builds on a GPU machine; onnxconverter-common makes the fp16 graph for TensorRT 11
         'tensorrt': ['tensorrt>=10', 'onnxconverter-common>=1.14'],
+        # occ-perception train: the devkit's own install (nuscenes-devkit, with --no-deps) plus what it imports
+        'train': RUNTIME + DEVKIT_IMPORTS,
         'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5', 'onnxconverter-common>=1.14'] + DEVKIT_IMPORTS,
     },
     cmdclass={'build_py': BuildPyWithMessages},

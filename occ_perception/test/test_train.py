@@ -125,6 +125,26 @@ def test_config_errors():
         TrainConfig(class_weights=(1.0, 2.0))
 
 
+def test_init_loads_what_fits_a_temporal_variant(tmp_path):
+    from occ_perception.model.checkpoint import save_checkpoint
+    from occ_perception.model.config import get_config
+    from occ_perception.model.network import OccNet
+    from occ_perception.train import _load_init
+
+    torch.manual_seed(0)
+    single = OccNet(get_config('tiny', history=0))
+    save_checkpoint(single, tmp_path / 'single.pt')
+    torch.manual_seed(1)
+    temporal = OccNet(get_config('tiny', history=2))
+    loaded, skipped = _load_init(temporal, tmp_path / 'single.pt')
+    assert skipped and all(k.startswith('img_bev_encoder_backbone') for k in skipped)  # wider first BEV convs
+    assert loaded == len(single.state_dict()) - len(skipped)
+    torch.testing.assert_close(temporal.occ_head.predicter[2].weight, single.occ_head.predicter[2].weight)
+    (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
+    with pytest.raises(TrainError, match='junk.pt'):
+        _load_init(temporal, tmp_path / 'junk.pt')
+
+
 def _params(path: Path) -> dict[str, torch.Tensor]:
     net = load_checkpoint(path)
     return {k: v.detach().clone() for k, v in net.named_parameters()}
