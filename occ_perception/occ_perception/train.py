@@ -360,7 +360,11 @@ class _Items(torch.utils.data.Dataset):
 
 
 def _batches(items: _Items, cfg: TrainConfig, d: _Dist, start_step: int) -> Iterator[list[TrainSample]]:
-    """Endless per-rank batches in a deterministic order (DistributedSampler, reshuffled each epoch)."""
+    """Endless per-rank batches in a deterministic order (DistributedSampler, reshuffled each epoch).
+
+    Step ``s`` always gets the same samples, so a resumed run continues where the first one stopped
+    (without loading the batches it skips).
+    """
     from torch.utils.data import DataLoader, DistributedSampler
 
     sampler = DistributedSampler(items, num_replicas=d.world, rank=d.rank, shuffle=cfg.shuffle, seed=cfg.seed,
@@ -370,15 +374,11 @@ def _batches(items: _Items, cfg: TrainConfig, d: _Dist, start_step: int) -> Iter
     while True:
         sampler.set_epoch(epoch)
         items.epoch = epoch
-        loader = DataLoader(items, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=list, drop_last=len(sampler) >= cfg.batch_size)
-        for i, batch in enumerate(loader):
-            if i >= per_epoch:
-                break
-            if skip:
-                skip -= 1
-                continue
-            yield batch
+        order = list(sampler)
+        chunks = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(per_epoch)][skip:]
+        skip = 0
+        loader = DataLoader(items, batch_sampler=chunks, num_workers=cfg.workers, collate_fn=list)
+        yield from loader
         epoch += 1
 
 
@@ -650,8 +650,7 @@ def train(cfg: TrainConfig, dataset: Occ3DDataset, out_dir: str | os.PathLike[st
         if d.main:
             _save_state(out / 'last.pt', step, net, opt, scaler, ema, cfg)
             model_path = out / 'model.pt'
-            save_checkpoint(_weights_net(net, ema).cpu() if ema is not None else net, model_path)
-            net.to(dev)
+            save_checkpoint(_weights_net(net, ema), model_path)
             if log_path.exists():
                 plot_log(log_path, out / 'loss.png')
         _barrier(d)

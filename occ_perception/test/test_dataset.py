@@ -218,3 +218,28 @@ def test_errors_name_the_input(tmp_path, dataroot, dataset):
         Occ3DDataset(dataroot, CONFIG, scenes=['scene-9999'], nusc=dataset.nusc)
     with pytest.raises(DatasetError, match='flip probabilities'):
         Augmentation(flip_x=1.5)
+
+
+def test_sweeps_are_history_candidates_chosen_as_the_cache_does(tmp_path):
+    _require_devkit()
+    generate_dataset(SynthConfig(out=tmp_path, scenes=1, seconds=1.5, seed=4, width=160, height=96, sweeps=True),
+                     progress=False)
+    ds = Occ3DDataset(tmp_path, CONFIG, use_sweeps=True)
+    frames = ds.frames[0]
+    assert len(ds) == 3 and len(frames) == 3 + 2 * 5  # 5 camera sweeps between two keyframes
+    assert [f.keyframe for f in frames[:7]] == [True] + [False] * 5 + [True]
+    for f in frames[1:6]:  # a sweep frame: every camera's sweep, CAM_FRONT's stamp and pose
+        assert all('/sweeps/' in p for p in f.image_paths)
+        assert f'/{NUSCENES_CHANNELS[1]}/' in f.image_paths[1]
+    # the node runs at the cameras' 12 Hz: replay every frame through the cache
+    cache = BevCache(ds.temporal, CONFIG.grid, (1, 4, 4))
+    expected = {}
+    for frame in frames:
+        expected[frame.token] = [int(s) for s in cache.prepare(frame.stamp_ns, frame.pose).stamps_ns]
+        cache.push(frame.stamp_ns, frame.pose, np.zeros((1, 4, 4), np.float32))
+    for i in range(len(ds)):
+        frame, history = ds.history_indices(i)
+        assert [0 if h is None else h.stamp_ns for h in history] == expected[frame.token]
+    assert all(h is not None for h in ds.history_indices(2)[1])
+    sample = ds.get(2)
+    np.testing.assert_array_equal(sample.history_valid, [1.0, 1.0])
