@@ -367,7 +367,7 @@ def _batches(items: _Items, cfg: TrainConfig, d: _Dist, start_step: int) -> Iter
     """
     from torch.utils.data import DataLoader, DistributedSampler
 
-    sampler = DistributedSampler(items, num_replicas=d.world, rank=d.rank, shuffle=cfg.shuffle, seed=cfg.seed,
+    sampler: DistributedSampler = DistributedSampler(items, num_replicas=d.world, rank=d.rank, shuffle=cfg.shuffle, seed=cfg.seed,
                                  drop_last=False)
     per_epoch = max(len(sampler) // cfg.batch_size, 1)
     epoch, skip = divmod(start_step, per_epoch)
@@ -583,7 +583,8 @@ def train(cfg: TrainConfig, dataset: Occ3DDataset, out_dir: str | os.PathLike[st
             print(f'init from {init}: {loaded} tensors loaded, {len(skipped)} left at their initialisation'
                   + (f' ({", ".join(skipped[:6])}{", ..." if len(skipped) > 6 else ""})' if skipped else ''))
     net.to(dev).train()
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in net.named_parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay},
@@ -667,7 +668,9 @@ def train(cfg: TrainConfig, dataset: Occ3DDataset, out_dir: str | os.PathLike[st
             t = _sample_tensors(sample, dev)
             hist = _history_bev(net, sample, t['tables'], dev)
             sync = i == len(batch) - 1
-            ctx = step_module.no_sync() if (d.world > 1 and not sync) else contextlib.nullcontext()
+            ctx: Any = contextlib.nullcontext()
+            if d.world > 1 and not sync:
+                ctx = step_module.no_sync()  # type: ignore[operator]
             with ctx:
                 with torch.autocast('cuda', dtype=torch.float16, enabled=use_amp):
                     logits, flow = step_module(t['images'], t['tables'], hist, t['history_theta'], t['history_valid'])
