@@ -94,6 +94,10 @@ class TrainConfig:
         checkpoint_every: write ``last.pt`` and ``model.pt`` every N steps (0 = only at the end).
         log_every: write a JSONL record every N steps.
         use_sweeps: camera sweeps as history candidates too.
+        freeze_bn_step: from this step on, BatchNorm layers normalise with (and keep) their running
+            statistics, so training adapts to what evaluation computes (None = never; 0 suits fine-tuning
+            a trained network). The network sees one frame per forward, so BatchNorm in training uses one
+            sample's statistics; on tiny data sets these differ from the running averages used at run time.
     """
 
     model: str = 'tiny'
@@ -121,6 +125,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     log_every: int = 10
     use_sweeps: bool = False
+    freeze_bn_step: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -454,6 +459,15 @@ def _ema_update(ema: dict[str, torch.Tensor], net: OccNet, decay: float) -> None
                 ema[name].copy_(value)
 
 
+def _set_train_mode(net: OccNet, freeze_bn: bool) -> None:
+    """Training mode, with the BatchNorm layers in eval mode when ``freeze_bn``."""
+    net.train()
+    if freeze_bn:
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def _weights_net(net: OccNet, ema: dict[str, torch.Tensor] | None) -> OccNet:
     """The network to validate and ship: ``net`` itself, or a copy holding the EMA weights."""
     if ema is None:
@@ -658,6 +672,7 @@ def train(cfg: TrainConfig, dataset: Occ3DDataset, out_dir: str | os.PathLike[st
 
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
+        _set_train_mode(net, cfg.freeze_bn_step is not None and step >= cfg.freeze_bn_step)  # validation sets eval
         batch = next(batches)
         lr = learning_rate(step, cfg)
         for group in opt.param_groups:
