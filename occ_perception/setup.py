@@ -86,6 +86,8 @@ setup(
         # (no torch). fp16 engines need the fp16 ONNX from ModelOpt AutoCast, installed lean with --no-deps
         # from test/requirements-modelopt.txt (its [onnx] extra would pull a second torch and onnxruntime-gpu).
         'tensorrt': ['tensorrt>=10', 'cuda-python>=12'],
+        # occ-perception train: the devkit's own install (nuscenes-devkit, with --no-deps) plus what it imports
+        'train': RUNTIME + DEVKIT_IMPORTS,
         # mcap + mcap-ros2-support: an independent reader that decodes converted bags from their stored definitions
         'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5', 'mcap>=1.1', 'mcap-ros2-support>=0.5', 'ruff>=0.6', 'mypy>=1.10']
         + DEVKIT_IMPORTS,

@@ -292,6 +292,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             log_every=args.log_every,
             use_sweeps=args.sweeps,
+            freeze_bn_step=args.freeze_bn_step,
         )
         train_set, val_set = load_datasets(cfg, args.data, args.version, args.val_data, args.val_version)
         if args.class_weights == 'auto':
@@ -484,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument('--flip-x', type=float, default=0.0, help='probability of a BEV flip in x')
     tr.add_argument('--flip-y', type=float, default=0.0, help='probability of a BEV flip in y')
     tr.add_argument('--sweeps', action='store_true', help='camera sweeps as history candidates too')
+    tr.add_argument(
+        '--freeze-bn-step',
+        type=int,
+        help='from this step on BatchNorm uses its running statistics (tiny data sets; 0 to fine-tune)',
+    )
     tr.add_argument('--seed', type=int, default=0)
     tr.add_argument('--no-shuffle', action='store_true', help='keep the dataset order')
     tr.add_argument('--workers', type=int, default=0, help='data loader processes per training process')

@@ -94,6 +94,10 @@ class TrainConfig:
         checkpoint_every: write ``last.pt`` and ``model.pt`` every N steps (0 = only at the end).
         log_every: write a JSONL record every N steps.
         use_sweeps: camera sweeps as history candidates too.
+        freeze_bn_step: from this step on, BatchNorm layers normalise with (and keep) their running
+            statistics, so training adapts to what evaluation computes (None = never; 0 suits fine-tuning
+            a trained network). The network sees one frame per forward, so BatchNorm in training uses one
+            sample's statistics; on tiny data sets these differ from the running averages used at run time.
     """
 
     model: str = 'tiny'
@@ -121,6 +125,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     log_every: int = 10
     use_sweeps: bool = False
+    freeze_bn_step: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -270,6 +275,8 @@ def network_outputs(
     history_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class logits (X, Y, Z, 18) and flow (X, Y, Z, 2) or None for one frame (uint8 images (N, H, W, 3))."""
+    if not net.config.history:
+        history_bev = history_theta = history_valid = None
     logits, flow, _ = net.predict(images, tables, history_bev, history_theta, history_valid)
     return logits, flow
 
@@ -381,10 +388,14 @@ class _Items(torch.utils.data.Dataset):
 
 
 def _batches(items: _Items, cfg: TrainConfig, d: _Dist, start_step: int) -> Iterator[list[TrainSample]]:
-    """Endless per-rank batches in a deterministic order (DistributedSampler, reshuffled each epoch)."""
+    """Endless per-rank batches in a deterministic order (DistributedSampler, reshuffled each epoch).
+
+    Step ``s`` always gets the same samples, so a resumed run continues where the first one stopped
+    (without loading the batches it skips).
+    """
     from torch.utils.data import DataLoader, DistributedSampler
 
-    sampler = DistributedSampler(
+    sampler: DistributedSampler = DistributedSampler(
         items, num_replicas=d.world, rank=d.rank, shuffle=cfg.shuffle, seed=cfg.seed, drop_last=False
     )
     per_epoch = max(len(sampler) // cfg.batch_size, 1)
@@ -392,21 +403,11 @@ def _batches(items: _Items, cfg: TrainConfig, d: _Dist, start_step: int) -> Iter
     while True:
         sampler.set_epoch(epoch)
         items.epoch = epoch
-        loader = DataLoader(
-            items,
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            num_workers=cfg.workers,
-            collate_fn=list,
-            drop_last=len(sampler) >= cfg.batch_size,
-        )
-        for i, batch in enumerate(loader):
-            if i >= per_epoch:
-                break
-            if skip:
-                skip -= 1
-                continue
-            yield batch
+        order = list(sampler)
+        chunks = [order[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(per_epoch)][skip:]
+        skip = 0
+        loader = DataLoader(items, batch_sampler=chunks, num_workers=cfg.workers, collate_fn=list)
+        yield from loader
         epoch += 1
 
 
@@ -497,6 +498,15 @@ def _ema_update(ema: dict[str, torch.Tensor], net: OccNet, decay: float) -> None
                 ema[name].mul_(decay).add_(value.detach(), alpha=1.0 - decay)
             else:
                 ema[name].copy_(value)
+
+
+def _set_train_mode(net: OccNet, freeze_bn: bool) -> None:
+    """Training mode, with the BatchNorm layers in eval mode when ``freeze_bn``."""
+    net.train()
+    if freeze_bn:
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def _weights_net(net: OccNet, ema: dict[str, torch.Tensor] | None) -> OccNet:
@@ -641,7 +651,8 @@ def train(
                 + (f' ({", ".join(skipped[:6])}{", ..." if len(skipped) > 6 else ""})' if skipped else '')
             )
     net.to(dev).train()
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in net.named_parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.AdamW(
@@ -716,14 +727,14 @@ def train(
         if d.main:
             _save_state(out / 'last.pt', step, net, opt, scaler, ema, cfg)
             model_path = out / 'model.pt'
-            save_checkpoint(_weights_net(net, ema).cpu() if ema is not None else net, model_path)
-            net.to(dev)
+            save_checkpoint(_weights_net(net, ema), model_path)
             if log_path.exists():
                 plot_log(log_path, out / 'loss.png')
         _barrier(d)
 
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
+        _set_train_mode(net, cfg.freeze_bn_step is not None and step >= cfg.freeze_bn_step)  # validation sets eval
         batch = next(batches)
         lr = learning_rate(step, cfg)
         for group in opt.param_groups:
@@ -734,7 +745,9 @@ def train(
             t = _sample_tensors(sample, dev)
             hist = _history_bev(net, sample, t['tables'], dev)
             sync = i == len(batch) - 1
-            ctx = step_module.no_sync() if (d.world > 1 and not sync) else contextlib.nullcontext()
+            ctx: Any = contextlib.nullcontext()
+            if d.world > 1 and not sync:
+                ctx = step_module.no_sync()  # type: ignore[operator]
             with ctx:
                 with torch.autocast('cuda', dtype=torch.float16, enabled=use_amp):
                     logits, flow = step_module(t['images'], t['tables'], hist, t['history_theta'], t['history_valid'])
