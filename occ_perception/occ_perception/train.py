@@ -653,7 +653,7 @@ def train(
     net.to(dev).train()
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
-    for name, p in net.named_parameters():
+    for p in net.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.AdamW(
         [{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}], lr=cfg.lr
