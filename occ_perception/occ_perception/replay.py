@@ -412,7 +412,7 @@ def _replay(opts: ReplayOptions, pipeline: Any, reader: Any, bag: Path, out: Pat
     gt_present = {part for part, topic in GT_TOPICS.items() if topic in conns}
     gt_stamps: list[int] = []
     gt_poses: dict[int, np.ndarray] = {}
-    lidar = None
+    lidar: tuple[float, float, float] | None = None
     if 'semantics' in gt_present:
         poses, static, gt_stamps = _prescan(reader, conns, GT_TOPICS)
         for s in gt_stamps:
@@ -424,7 +424,8 @@ def _replay(opts: ReplayOptions, pipeline: Any, reader: Any, bag: Path, out: Pat
                          'RayIoU leaves them out')
         t_lidar = static.lookup(asm_cfg.ego_frame, LIDAR_FRAME)
         if t_lidar is not None:
-            lidar = tuple(float(v) for v in t_lidar.translation)
+            x, y, z = (float(v) for v in t_lidar.translation)
+            lidar = (x, y, z)
         else:
             from .metrics import LIDAR_TRANSLATION
 
@@ -582,11 +583,12 @@ def _write_metrics(scorer: _Scorer, out: Path, samples: list[dict[str, float]], 
 
     m, r = scorer.miou.result(), scorer.rays.result()
     report = MetricsReport.from_results(m, r, frames=scorer.scored)
-    stage: Counter[str] = Counter()
+    stage: dict[str, float] = {}
     for s in samples:
         for k, v in s.items():
             if k.startswith('pipeline/'):
-                stage[k[len('pipeline/'):]] += v
+                key = k[len('pipeline/'):]
+                stage[key] = stage.get(key, 0.0) + v
     seconds = float(stage.get('total', 0.0))
     report.extra.update({
         'frames_run': frames,
