@@ -78,6 +78,7 @@ setup(
         *share_files('launch'),
         *share_files('config'),
         *share_files('models'),
+        *share_files('examples'),
     ],
     install_requires=[],
     extras_require={
@@ -87,7 +88,8 @@ setup(
         # from test/requirements-modelopt.txt (its [onnx] extra would pull a second torch and onnxruntime-gpu).
         'tensorrt': ['tensorrt>=10', 'cuda-python>=12'],
         # mcap + mcap-ros2-support: an independent reader that decodes converted bags from their stored definitions
-        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5', 'mcap>=1.1', 'mcap-ros2-support>=0.5'] + DEVKIT_IMPORTS,
+        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5', 'mcap>=1.1', 'mcap-ros2-support>=0.5', 'pyyaml>=5.4']
+        + DEVKIT_IMPORTS,
     },
     cmdclass={'build_py': BuildPyWithMessages},
     zip_safe=False,
