@@ -1,4 +1,4 @@
-"""Planner-side look-ups (VoxelQuery) on messages built by outputs.py, through real rosbags CDR, on a non-square grid."""
+"""Planner-side look-ups (VoxelQuery) on messages built by outputs.py, through rosbags CDR, on a non-square grid."""
 
 from __future__ import annotations
 
