@@ -103,8 +103,15 @@ class BagWriter:
                  tb: TracebackType | None) -> None:
         self._writer.__exit__(exc_type, exc, tb)
 
-    def add_topic(self, topic: str, msgtype: str, latched: bool = False) -> None:
+    def add_topic(self, topic: str, msgtype: str, latched: bool = False, msgdef: str | None = None,
+                  rihs01: str | None = None) -> None:
         """Declare ``topic`` (absolute name) of ``msgtype`` (full name, e.g. ``sensor_msgs/msg/CameraInfo``).
+
+        Args:
+            latched: offer the topic with :data:`LATCHED_QOS` (transient local).
+            msgdef, rihs01: the message definition (``ros2msg`` or ``ros2idl`` text) and its RIHS01 hash to
+                store instead of the typestore's, e.g. those of another bag whose raw CDR is copied with
+                :meth:`write_raw`; both or neither.
 
         Raises:
             BagError: the topic was declared before, the name is not absolute, or the type is unknown.
@@ -113,13 +120,31 @@ class BagWriter:
             raise BagError(f'BagWriter.add_topic: topic names in a bag are absolute, got {topic!r}')
         if topic in self._connections:
             raise BagError(f'BagWriter.add_topic: topic {topic!r} was added already')
-        if msgtype not in self.typestore.types:
-            raise BagError(f'BagWriter.add_topic: {msgtype!r} is not a message type of the {self.distro} typestore')
         qos = LATCHED_QOS if latched else DEFAULT_QOS
-        self._connections[topic] = self._writer.add_connection(
-            topic, msgtype, typestore=self.typestore, offered_qos_profiles=[qos]
-        )
+        if msgdef and rihs01:
+            self._connections[topic] = self._writer.add_connection(
+                topic, msgtype, msgdef=msgdef, rihs01=rihs01, offered_qos_profiles=[qos]
+            )
+        else:
+            if msgtype not in self.typestore.types:
+                raise BagError(f'BagWriter.add_topic: {msgtype!r} is not a message type of the {self.distro} '
+                               'typestore')
+            self._connections[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=self.typestore, offered_qos_profiles=[qos]
+            )
         self.counts[topic] = 0
+
+    def write_raw(self, topic: str, stamp_ns: int, data: bytes | memoryview) -> None:
+        """Write already serialised CDR ``data`` at log time ``stamp_ns`` [ns] (e.g. copied from another bag).
+
+        Raises:
+            BagError: the topic was not added.
+        """
+        conn = self._connections.get(topic)
+        if conn is None:
+            raise BagError(f'BagWriter.write_raw: topic {topic!r} was not added; have {sorted(self._connections)}')
+        self._writer.write(conn, int(stamp_ns), data)
+        self.counts[topic] += 1
 
     def write(self, topic: str, stamp_ns: int, msg: Any) -> None:
         """Serialise ``msg`` (a typestore message) to CDR and write it at log time ``stamp_ns`` [ns].
