@@ -533,10 +533,14 @@ class FrameProcessor:
             restarts the limit).
         voxels: also encode the foxglove VoxelGrid.
         surface_points: PointCloud2 of surface voxels only.
+        marker_min_speed: flow arrows in the markers for voxels faster than this [m/s].
+        costmap: keyword arguments of :func:`~occ_perception.outputs.costmap_values` (``height_band``,
+            ``rough_cost``, ...); None keeps its defaults.
     """
 
     def __init__(self, pipeline: Any, types: MessageTypes, markers_rate: float = 2.0, voxels: bool = True,
-                 surface_points: bool = True) -> None:
+                 surface_points: bool = True, marker_min_speed: float = 0.5,
+                 costmap: dict[str, Any] | None = None) -> None:
         if not (markers_rate >= 0 and math.isfinite(markers_rate)):
             raise AssemblyError(f'markers_rate: expected a rate >= 0 [Hz], got {markers_rate}')
         from .outputs import VoxelPointCache
@@ -546,6 +550,8 @@ class FrameProcessor:
         self.markers_rate = float(markers_rate)
         self.voxels = bool(voxels)
         self.surface_points = bool(surface_points)
+        self.marker_min_speed = float(marker_min_speed)
+        self.costmap = dict(costmap or {})
         self._points = VoxelPointCache(types, pipeline.config.grid)
         self._last_markers: int | None = None
         self.drops: Counter[str] = Counter()
@@ -600,12 +606,13 @@ class FrameProcessor:
             ('occupancy/semantics', lambda: semantic_occupancy_msg(occ, self.types)),
             ('occupancy/flow', lambda: occupancy_flow_msg(occ, self.types)),
             ('occupancy/points', lambda: pointcloud_msg(occ, self.types, surface_only=self.surface_points)),
-            ('occupancy/costmap', lambda: costmap_msg(occ, self.types)),
+            ('occupancy/costmap', lambda: costmap_msg(occ, self.types, **self.costmap)),
         ]
         if self.voxels:
             encoders.append(('occupancy/voxels', lambda: voxel_grid_msg(occ, self.types)))
         if self.markers_due(frame.stamp_ns):
-            encoders.append(('occupancy/markers', lambda: marker_array_msg(occ, self.types, cache=self._points)))
+            encoders.append(('occupancy/markers', lambda: marker_array_msg(
+                occ, self.types, min_speed=self.marker_min_speed, cache=self._points)))
         for topic, encode in encoders:
             t0 = time.perf_counter()
             msg = encode()

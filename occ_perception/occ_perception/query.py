@@ -212,7 +212,7 @@ class VoxelQuery:
         blocking = np.isin(labels, np.asarray(list(obstacle_labels), dtype=np.uint8))
         if self.occupancy.confidence is not None:
             blocking &= self.occupancy.confidence[:, :, layers] > 0
-        return blocking.any(axis=2)
+        return np.asarray(blocking.any(axis=2))
 
     def first_blocked_ahead(self, max_distance: float = 40.0, y: float = 0.0, half_width: float = 1.0,
                             band: tuple[float, float] = HEIGHT_BAND) -> tuple[float, ColumnInfo] | None:

@@ -7,7 +7,7 @@ import py_compile
 from pathlib import Path
 
 import pytest
-from occ_perception.ros.logic import TOPICS
+from occ_perception.ros.logic import OUTPUT_TOPICS
 from occ_perception.ros.params import PARAMS, validate_params
 
 yaml = pytest.importorskip('yaml')
@@ -77,10 +77,10 @@ def test_rviz_config_shows_points_as_boxes_markers_costmap_and_front_camera():
     config = yaml.safe_load(RVIZ.read_text())
     displays = {d['Class']: d for d in config['Visualization Manager']['Displays']}
     points = displays['rviz_default_plugins/PointCloud2']
-    assert points['Topic']['Value'] == TOPICS['points'] and points['Style'] == 'Boxes'
+    assert points['Topic']['Value'] == 'occupancy/points' in OUTPUT_TOPICS and points['Style'] == 'Boxes'
     assert points['Color Transformer'] == 'RGB8' and points['Size (m)'] == pytest.approx(0.4)
-    assert displays['rviz_default_plugins/MarkerArray']['Topic']['Value'] == TOPICS['markers']
-    assert displays['rviz_default_plugins/Map']['Topic']['Value'] == TOPICS['costmap']
+    assert displays['rviz_default_plugins/MarkerArray']['Topic']['Value'] == 'occupancy/markers'
+    assert displays['rviz_default_plugins/Map']['Topic']['Value'] == 'occupancy/costmap'
     assert displays['rviz_default_plugins/Image']['Topic']['Value'] == 'cam_front/image_rect/compressed'
     assert config['Visualization Manager']['Global Options']['Fixed Frame'] == 'base_link'
 

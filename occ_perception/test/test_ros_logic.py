@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -15,20 +16,18 @@ from occ_perception.outputs import OccFrame
 from occ_perception.rig import Rig
 from occ_perception.ros.logic import (
     DROP_REASONS,
-    MSG_TYPES,
-    TOPICS,
+    OUTPUT_TOPICS,
     DropCounter,
     Frame,
     FrameRunner,
     FrameSlot,
     LogicError,
     NodeStats,
-    OutputBuilder,
-    RateLimiter,
     RigAssembler,
     choose_backend,
     diagnostic_array,
     frame_from_set,
+    make_processor,
     odometry_pose_at,
     resolve_model_path,
 )
@@ -327,36 +326,53 @@ def _occ(stamp_ns: int, grid: GridSpec, flow: bool = True) -> OccFrame:
                     flow=vel if flow else None, timings={'preprocess': 0.01, 'network': 0.05, 'total': 0.07})
 
 
-def test_rate_limiter_follows_the_stamps():
-    limiter = RateLimiter(2.0)
-    fired = [t for t in range(0, 2 * NS + 1, NS // 10) if limiter.ready(t)]
-    assert fired == [0, NS // 2, NS, 3 * NS // 2, 2 * NS]
-    assert limiter.ready(0)  # time went backwards (a bag loop): fires again
-    assert not any(RateLimiter(0.0).ready(t) for t in range(0, NS, NS // 10))
+class StubPipeline:
+    """Returns prepared OccFrames: the encoders' side of FrameProcessor without a network."""
+
+    def __init__(self, grid: GridSpec, flow: bool = True) -> None:
+        self.config = SimpleNamespace(grid=grid)
+        self.flow = flow
+
+    def process(self, images, pose, rig, stamp_ns):
+        return _occ(stamp_ns, self.config.grid, self.flow)
 
 
 @pytest.mark.parametrize('distro', ['humble', 'jazzy'])
-def test_output_builder_makes_every_topic_markers_rate_limited(distro):
+def test_processor_from_the_parameters_encodes_every_topic_markers_rate_limited(distro):
     types = MessageTypes.rosbags(distro)
     grid = GridSpec(lower=(-6.0, -4.0, -1.0), size=(30, 20, 16), voxel_size=0.4)
-    builder = OutputBuilder(types, markers_rate=2.0, voxels=True, costmap_z_min=0.2, costmap_z_max=2.0)
-    keys = [sorted(builder.build(_occ(T0 + i * NS // 4, grid))) for i in range(4)]
-    assert keys[0] == sorted(TOPICS) and 'markers' not in keys[1] and 'markers' in keys[2]
-    out = builder.build(_occ(T0 + 2 * NS, grid))
-    for key, msg in out.items():
-        back = cdr(msg, MSG_TYPES[key], distro)
-        assert back.__msgtype__ == MSG_TYPES[key]
-    sem = read_semantic_occupancy(cdr(out['semantics'], MSG_TYPES['semantics'], distro))
+    params = validate_params({'markers_rate': 2.0})
+    processor = make_processor(StubPipeline(grid), types, params, voxels=True)
+    rig = Rig.nuscenes(64, 36)
+
+    def job(stamp_ns: int):
+        from occ_perception import frame_assembly
+
+        return frame_assembly.Frame(stamp_ns, (), Transform(), rig, (stamp_ns,), stamp_ns)
+
+    keys = [sorted(processor.process(job(T0 + i * NS // 4)).messages) for i in range(4)]
+    assert keys[0] == sorted(OUTPUT_TOPICS) and 'occupancy/markers' not in keys[1] and 'occupancy/markers' in keys[2]
+    out = processor.process(job(T0 + 2 * NS)).messages
+    for topic, msg in out.items():
+        assert cdr(msg, OUTPUT_TOPICS[topic], distro).__msgtype__ == OUTPUT_TOPICS[topic]
+    sem = read_semantic_occupancy(cdr(out['occupancy/semantics'], OUTPUT_TOPICS['occupancy/semantics'], distro))
     assert sem.grid == grid and int((sem.labels == 4).sum()) == 4 * 4 * 3
-    points = read_pointcloud2(out['points'])
-    assert set(points['label'].tolist()) == {4, 11}
-    cost = np.asarray(out['costmap'].data).reshape(20, 30)  # rows along y, columns along x
+    assert set(read_pointcloud2(out['occupancy/points'])['label'].tolist()) == {4, 11}
+    cost = np.asarray(out['occupancy/costmap'].data).reshape(20, 30)  # rows along y, columns along x
     assert (cost[4:8, 10:14] == 100).all() and (cost[0, :] == 0).all()
+    # flow arrows only above marker_min_speed (the car moves at 2.06 m/s)
+    arrows = [m for m in out['occupancy/markers'].markers if m.ns.endswith('/flow')]
+    assert len(arrows) == 1 and len(arrows[0].points) == 4 * 4 * 6
+    slow = make_processor(StubPipeline(grid), types, validate_params({'marker_min_speed': 3.0}), voxels=True)
+    slow_arrows = [m for m in slow.process(job(T0)).messages['occupancy/markers'].markers if m.ns.endswith('/flow')]
+    assert [len(m.points) for m in slow_arrows] == [0]
     # no flow head, no foxglove_msgs, markers off; a height band above the car clears its columns
-    lean = OutputBuilder(types, markers_rate=0.0, voxels=False, costmap_z_min=2.2, costmap_z_max=4.0)
-    out = lean.build(_occ(T0, grid, flow=False))
-    assert sorted(out) == ['costmap', 'points', 'semantics']
-    assert (np.asarray(out['costmap'].data).reshape(20, 30)[4:8, 10:14] == 0).all()
+    lean = make_processor(StubPipeline(grid, flow=False), types,
+                          validate_params({'markers_rate': 0.0, 'costmap_z_min': 2.2, 'costmap_z_max': 4.0}),
+                          voxels=False)
+    out = lean.process(job(T0)).messages
+    assert sorted(out) == ['occupancy/costmap', 'occupancy/points', 'occupancy/semantics']
+    assert (np.asarray(out['occupancy/costmap'].data).reshape(20, 30)[4:8, 10:14] == 0).all()
 
 
 @pytest.mark.parametrize('distro', ['humble', 'jazzy'])
@@ -375,17 +391,17 @@ def test_diagnostics_report_rates_latency_drops_cache_and_backend(distro):
     for _ in range(3):
         stats.frame()
         stats.published(replace(_occ(T0, grid), reset_reason='gap'), delay=0.2, now=101.0)
-    drops.drop('no_pose', 'no odometry')
+    drops.drop('missing_pose', 'no transform')
     drops.drop('superseded')
     reports = stats.reports(drops, 'tensorrt', 'fp16', 2, [], now=101.5)
     values = {r.name: dict(r.values) for r in reports}
-    assert [r.level for r in reports] == ['WARN', 'WARN', 'OK']  # cam_back silent; a no_pose drop
+    assert [r.level for r in reports] == ['WARN', 'WARN', 'OK']  # cam_back silent; a missing_pose drop
     inputs = values['occ_node: inputs']
     assert inputs['rate cam_front [Hz]'] == '2.00' and inputs['rate odom [Hz]'] == '2.00'
     assert inputs['rig'] == 'complete' and inputs['rate cam_back [Hz]'] == '0.00'
     pipe = values['occ_node: pipeline']
     assert pipe['backend'] == 'tensorrt' and pipe['precision'] == 'fp16' and pipe['frames published'] == '3'
-    assert pipe['drops no_pose'] == '1' and pipe['drops superseded'] == '1' and pipe['last drop'] == 'superseded: '
+    assert pipe['drops missing_pose'] == '1' and pipe['drops superseded'] == '1' and pipe['last drop'] == 'superseded: '
     assert set(f'drops {r}' for r in DROP_REASONS) <= set(pipe)
     assert pipe['latency network [ms]'] == 'mean 50.0, max 50.0'
     assert pipe['latency end_to_end [ms]'] == 'mean 200.0, max 200.0'
@@ -428,9 +444,9 @@ def test_frames_through_the_runner_with_calibration_change_reset_and_drops(runne
     truth = Rig.nuscenes(480, 270)
     rigs = RigAssembler(CAMERAS, 'base_link')
     drops, stats = DropCounter(), NodeStats(list(CAMERAS))
-    outputs = OutputBuilder(TYPES, markers_rate=1.0, voxels=True)
-    runner = FrameRunner(pipeline, rigs, lambda f: odometry_pose_at(f.odom, f.stamp_ns, 'map', 'base_link'),
-                         outputs, stats, drops)
+    processor = make_processor(pipeline, TYPES, validate_params({'markers_rate': 1.0}), voxels=True)
+    runner = FrameRunner(processor, rigs, lambda f: odometry_pose_at(f.odom, f.stamp_ns, 'map', 'base_link'),
+                         stats, drops)
 
     def frame(i: int, odom_frame: str = 'map', corrupt: bool = False) -> Frame:
         stamp = T0 + i * NS // 2
@@ -442,15 +458,15 @@ def test_frames_through_the_runner_with_calibration_change_reset_and_drops(runne
         return frame_from_set(CAMERAS, [*images, odom])
 
     messages, problem = runner.run(frame(0))
-    assert messages is None and problem.startswith('no_rig: waiting for cam_front_left/camera_info')
+    assert messages is None and problem.startswith('missing_calibration: waiting for cam_front_left/camera_info')
     for cam in truth.cameras:
         rigs.add_camera_info(cam.name, camera_info(cam, T0))
     rigs.add_transforms(tf_message([('base_link', c.name, c.cam_to_ego) for c in truth.cameras]))
     results = [runner.run(frame(i)) for i in (1, 2)]
     assert all(p is None for _, p in results) and runner.last_reset is None
     first, second = (m for m, _ in results)
-    assert sorted(first) == sorted(TOPICS) and 'markers' not in second  # 1 Hz markers, frames 0.5 s apart
-    sem = read_semantic_occupancy(first['semantics'])
+    assert sorted(first) == sorted(OUTPUT_TOPICS) and 'occupancy/markers' not in second  # 1 Hz, frames 0.5 s apart
+    sem = read_semantic_occupancy(first['occupancy/semantics'])
     assert sem.stamp_ns == T0 + NS // 2 + 3_000_000 and sem.grid == pipeline.config.grid  # cam_front's stamp
     assert len(pipeline.cache.entries) == 2 and pipeline.table_builds == 1
     # recalibration through CameraInfo: tables rebuilt, temporal cache reset with the reason named
@@ -466,10 +482,10 @@ def test_frames_through_the_runner_with_calibration_change_reset_and_drops(runne
     assert problem is None and stats.last_reset == 'requested' and len(pipeline.cache.entries) == 1
     # a corrupt image and odometry of other frames: counted drops, and the next frame still goes through
     _, problem = runner.run(frame(5, corrupt=True))
-    assert problem.startswith('bad_image: PreprocessError') and 'cam_front_right' in problem
+    assert problem.startswith('decode_error: ') and 'cam_front_right' in problem
     _, problem = runner.run(frame(6, odom_frame='odom'))
-    assert problem.startswith('no_pose: LogicError') and runner.last_pose_problem
+    assert problem.startswith('bad_pose: LogicError') and runner.last_pose_problem
     messages, problem = runner.run(frame(7))
     assert problem is None and messages and runner.last_pose_problem is None
-    assert drops.counts == {'no_rig': 1, 'bad_image': 1, 'no_pose': 1}
+    assert drops.counts == {'missing_calibration': 1, 'decode_error': 1, 'bad_pose': 1}
     assert stats.frames_out == 5

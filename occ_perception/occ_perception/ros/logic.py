@@ -5,15 +5,16 @@ their field names (rosbags typestore classes in tests and tools, rclpy classes i
 node) or builds them through a :class:`~occ_perception.messages.MessageTypes`.
 
 - :class:`RigAssembler`: the rig from the latest CameraInfo per camera and the
-  ``/tf_static`` tree (``ego_frame <- camera frame``, chains composed); names what is
-  missing; a change of either gives a new rig (new digest), on which the pipeline
-  rebuilds its splat tables and resets the temporal cache (``calibration``).
+  ``/tf_static`` tree (:class:`~occ_perception.frame_assembly.StaticTransforms`, chains
+  composed); names what is missing; a change of either gives a new rig (new digest), on
+  which the pipeline rebuilds its splat tables and resets the temporal cache.
 - :func:`odometry_pose_at`: the synchronised Odometry carried to the frame stamp with its twist.
 - :class:`FrameSlot`: one pending frame, latest wins; the one it replaces is a drop.
 - :class:`DropCounter`: every dropped frame counted by reason (:data:`DROP_REASONS`).
 - :func:`choose_backend`: ``backend: auto`` resolution.
-- :class:`OutputBuilder`: one :class:`~occ_perception.outputs.OccFrame` to the
-  messages of every output topic, markers rate-limited.
+- :class:`FrameRunner`: one frame through the replay's
+  :class:`~occ_perception.frame_assembly.FrameProcessor` (pipeline and every output
+  message, markers rate-limited), or to one counted drop.
 - :class:`NodeStats` and :func:`diagnostic_array`: the ``/diagnostics`` content.
 """
 
@@ -30,24 +31,17 @@ from typing import Any
 import numpy as np
 from pyquaternion import Quaternion
 
+from .. import frame_assembly
+from ..frame_assembly import FRAME_DROP_REASONS, OUTPUT_TOPICS, FrameDrop, FrameProcessor, StaticTransforms
 from ..geometry import GeometryError, Transform
 from ..messages import MessageTypes, stamp_to_ns
-from ..outputs import (
-    OccFrame,
-    VoxelPointCache,
-    costmap_msg,
-    marker_array_msg,
-    occupancy_flow_msg,
-    pointcloud_msg,
-    semantic_occupancy_msg,
-    voxel_grid_msg,
-)
+from ..outputs import OccFrame
 from ..rig import Camera, Rig, RigError
 from .params import NodeParams
 
 __all__ = [
     'DROP_REASONS',
-    'TOPICS',
+    'OUTPUT_TOPICS',
     'BackendChoice',
     'DropCounter',
     'Frame',
@@ -55,15 +49,13 @@ __all__ = [
     'FrameSlot',
     'LogicError',
     'NodeStats',
-    'OutputBuilder',
-    'RateLimiter',
     'RawImage',
     'RigAssembler',
     'StatusReport',
     'backend_precision',
     'build_pipeline',
+    'make_processor',
     'choose_backend',
-    'classify_error',
     'diagnostic_array',
     'frame_from_set',
     'image_topic',
@@ -78,33 +70,10 @@ NS = 1_000_000_000
 
 DROP_REASONS: tuple[str, ...] = (
     'superseded',  # a newer frame arrived while this one waited for the worker (latest wins)
-    'no_rig',  # CameraInfo or /tf_static of some camera missing or malformed
-    'no_pose',  # no ego pose at the frame stamp (bad odometry, or no TF within tf_timeout)
-    'bad_image',  # an image cannot be decoded or has the wrong size
-    'inference_error',  # the backend or the pipeline failed on this frame
     'shutdown',  # still pending when the node stopped
+    *FRAME_DROP_REASONS,  # the replay's reasons: calibration, pose, decode, inference, pipeline
 )
 """Why a synchronised frame produced no output; every frame ends as one output or one of these."""
-
-TOPICS: dict[str, str] = {
-    'semantics': 'occupancy/semantics',
-    'flow': 'occupancy/flow',
-    'points': 'occupancy/points',
-    'markers': 'occupancy/markers',
-    'costmap': 'occupancy/costmap',
-    'voxels': 'occupancy/voxels',
-}
-"""Output key -> topic name (relative, so a namespace applies; DESIGN.md section 4)."""
-
-MSG_TYPES: dict[str, str] = {
-    'semantics': 'occ_perception_msgs/msg/SemanticOccupancy',
-    'flow': 'occ_perception_msgs/msg/OccupancyFlow',
-    'points': 'sensor_msgs/msg/PointCloud2',
-    'markers': 'visualization_msgs/msg/MarkerArray',
-    'costmap': 'nav_msgs/msg/OccupancyGrid',
-    'voxels': 'foxglove_msgs/msg/VoxelGrid',
-}
-"""Output key -> full message type name."""
 
 
 class LogicError(ValueError):
@@ -142,7 +111,7 @@ class RigAssembler:
         self.ego_frame = ego_frame
         self._infos: dict[str, Any] = {}
         self._info_keys: dict[str, tuple[Any, ...]] = {}
-        self._edges: dict[str, tuple[str, Transform]] = {}  # child frame -> (parent frame, T_parent_child)
+        self.static = StaticTransforms()
         self._rig: Rig | None = None
         self._digest: str | None = None  # of the last rig assembled (kept while something goes missing)
         self._error: str | None = None
@@ -169,21 +138,16 @@ class RigAssembler:
     def add_transforms(self, tf_message: Any) -> bool:
         """Store the transforms of a tf2_msgs/TFMessage (from ``/tf_static``); True when an edge changed.
 
-        Transforms whose numbers are not finite or whose quaternion is zero are skipped (they leave the
-        camera missing, named by :meth:`missing`).
+        A message with a transform whose numbers are not finite or whose quaternion is zero is kept up to that
+        transform; the camera it concerns stays missing (named by :meth:`missing`).
         """
-        changed = False
         with self._lock:
-            for stamped in tf_message.transforms:
-                parent, child = str(stamped.header.frame_id).lstrip('/'), str(stamped.child_frame_id).lstrip('/')
-                try:
-                    transform = Transform.from_msg(stamped.transform)
-                except GeometryError:
-                    continue
-                old = self._edges.get(child)
-                if old is None or old[0] != parent or not old[1].almost_equal(transform, atol=1e-12):
-                    self._edges[child] = (parent, transform)
-                    changed = True
+            version = self.static.version
+            try:
+                self.static.add(tf_message)
+            except GeometryError:
+                pass
+            changed = self.static.version != version
             self._dirty |= changed
         return changed
 
@@ -194,16 +158,12 @@ class RigAssembler:
 
     def _chain(self, frame: str) -> Transform | None:
         """``T_ego_frame`` composed along the static tree, or None where the chain does not reach ego_frame."""
-        result = Transform()
-        seen = set()
-        while frame != self.ego_frame:
-            if frame in seen or frame not in self._edges:
-                return None
-            seen.add(frame)
-            parent, t_parent_child = self._edges[frame]
-            result = t_parent_child @ result
-            frame = parent
-        return result
+        return self.static.lookup(self.ego_frame, frame)
+
+    @property
+    def error(self) -> str | None:
+        """Why the last assembly failed although nothing was missing (a malformed CameraInfo), or None."""
+        return self._error
 
     def missing(self) -> list[str]:
         """What stops the rig from being assembled, one phrase per camera ([] when complete)."""
@@ -435,19 +395,6 @@ class FrameSlot:
             self._cond.notify_all()
 
 
-def classify_error(err: BaseException) -> str:
-    """The drop reason of an exception raised while processing a frame (:data:`DROP_REASONS`)."""
-    from ..preprocess import PreprocessError
-
-    if isinstance(err, GeometryError):
-        return 'no_pose'
-    if isinstance(err, (RigError, LogicError)):
-        return 'no_rig'
-    if isinstance(err, PreprocessError):
-        return 'bad_image'
-    return 'inference_error'
-
-
 # ---------------------------------------------------------------------------
 # backend choice
 
@@ -572,6 +519,18 @@ def build_pipeline(
     return pipeline, choice
 
 
+def make_processor(pipeline: Any, types: MessageTypes, params: NodeParams, voxels: bool) -> FrameProcessor:
+    """The :class:`~occ_perception.frame_assembly.FrameProcessor` of the node's output parameters.
+
+    Args:
+        voxels: encode foxglove_msgs/VoxelGrid (where foxglove_msgs is installed).
+    """
+    costmap = {'height_band': (params.costmap_z_min, params.costmap_z_max), 'rough_cost': params.costmap_rough_cost}
+    return FrameProcessor(pipeline, types, markers_rate=params.markers_rate, voxels=voxels,
+                          surface_points=params.points_surface_only, marker_min_speed=params.marker_min_speed,
+                          costmap=costmap)
+
+
 def backend_precision(choice: BackendChoice, params: NodeParams) -> str:
     """The precision reported in diagnostics: the engine's for tensorrt, the graph's (fp32) otherwise."""
     return params.precision if choice.backend == 'tensorrt' else 'fp32'
@@ -581,78 +540,28 @@ def backend_precision(choice: BackendChoice, params: NodeParams) -> str:
 # outputs
 
 
-class RateLimiter:
-    """True at most ``rate`` times per second of the given clock; rate 0 never fires."""
-
-    def __init__(self, rate: float) -> None:
-        self.period_ns = int(NS / rate) if rate > 0 else -1
-        self._last: int | None = None
-
-    def ready(self, now_ns: int) -> bool:
-        if self.period_ns < 0:
-            return False
-        if self._last is None or now_ns - self._last >= self.period_ns or now_ns < self._last:
-            self._last = int(now_ns)
-            return True
-        return False
-
-
-class OutputBuilder:
-    """The messages of one :class:`OccFrame` for every output topic (keys of :data:`TOPICS`).
-
-    Args:
-        types: message classes (rclpy in the node, rosbags in tests).
-        markers_rate: MarkerArray rate limit [Hz] of frame stamps (0: never).
-        voxels: also build the foxglove_msgs/VoxelGrid (where foxglove_msgs is installed).
-        surface_only, marker_min_speed, costmap_z_min, costmap_z_max, costmap_rough_cost: as the node parameters.
-    """
-
-    def __init__(self, types: MessageTypes, markers_rate: float = 2.0, voxels: bool = True, surface_only: bool = True,
-                 marker_min_speed: float = 0.5, costmap_z_min: float = 0.2, costmap_z_max: float = 2.0,
-                 costmap_rough_cost: int = 50) -> None:
-        self.types = types
-        self.markers = RateLimiter(markers_rate)
-        self.voxels = voxels
-        self.surface_only = surface_only
-        self.marker_min_speed = marker_min_speed
-        self.costmap = {'height_band': (costmap_z_min, costmap_z_max), 'rough_cost': costmap_rough_cost}
-        self._cache: VoxelPointCache | None = None
-
-    def build(self, frame: OccFrame) -> dict[str, Any]:
-        """Output key -> message; ``flow`` only when the frame has flow, ``markers`` when the rate allows."""
-        out: dict[str, Any] = {'semantics': semantic_occupancy_msg(frame, self.types)}
-        flow = occupancy_flow_msg(frame, self.types)
-        if flow is not None:
-            out['flow'] = flow
-        out['points'] = pointcloud_msg(frame, self.types, surface_only=self.surface_only)
-        out['costmap'] = costmap_msg(frame, self.types, **self.costmap)
-        if self.voxels:
-            out['voxels'] = voxel_grid_msg(frame, self.types)
-        if self.markers.ready(frame.stamp_ns):
-            if self._cache is None or self._cache.grid != frame.grid:
-                self._cache = VoxelPointCache(self.types, frame.grid)
-            out['markers'] = marker_array_msg(frame, self.types, min_speed=self.marker_min_speed, cache=self._cache)
-        return out
-
-
 class FrameRunner:
     """One frame from the worker's mailbox to the output messages, or to one counted drop.
 
+    Frames go through the replay's :class:`~occ_perception.frame_assembly.FrameProcessor`, so the node and
+    ``occ-perception replay`` run the pipeline and encode the outputs the same way.
+
     Args:
-        pipeline: the :class:`~occ_perception.pipeline.OccPipeline` (or anything with its ``process``).
+        processor: the FrameProcessor (pipeline, message classes, markers rate, costmap options).
         rigs: where the current rig comes from.
-        pose_at: frame -> ``T_world_ego`` at its stamp (:func:`odometry_pose_at` of its odometry, or a TF lookup);
-            any exception it raises (LogicError, tf2's lookup exceptions) makes the frame a ``no_pose`` drop.
-        outputs: builds the messages. stats, drops: where the frame is counted.
+        pose_at: frame -> ``T_world_ego`` at its stamp (:func:`odometry_pose_at` of its odometry, or a TF lookup).
+            A :class:`LogicError` or :class:`~occ_perception.geometry.GeometryError` it raises makes the frame a
+            ``bad_pose`` drop, any other exception (tf2's lookup exceptions) a ``missing_pose`` drop.
+        stats, drops: where the frame is counted.
         convert: applied to each image before preprocessing (cv_bridge for raw images), or None.
     """
 
-    def __init__(self, pipeline: Any, rigs: RigAssembler, pose_at: Callable[[Frame], Transform], outputs: OutputBuilder,
+    def __init__(self, processor: FrameProcessor, rigs: RigAssembler, pose_at: Callable[[Frame], Transform],
                  stats: NodeStats, drops: DropCounter, convert: Callable[[Any], Any] | None = None) -> None:
-        self.pipeline = pipeline
+        self.processor = processor
+        self.pipeline = processor.pipeline
         self.rigs = rigs
         self.pose_at = pose_at
-        self.outputs = outputs
         self.stats = stats
         self.drops = drops
         self.convert = convert
@@ -668,8 +577,8 @@ class FrameRunner:
         """Process ``frame``.
 
         Returns:
-            ``(messages, None)`` with output key -> message, or ``(None, 'reason: detail')`` after counting the
-            drop in ``drops`` (one of :data:`DROP_REASONS`).
+            ``(messages, None)`` with output topic (relative, :data:`OUTPUT_TOPICS`) -> message, or
+            ``(None, 'reason: detail')`` after counting the drop in ``drops`` (one of :data:`DROP_REASONS`).
         """
         if self._reset.is_set():
             self._reset.clear()
@@ -677,27 +586,33 @@ class FrameRunner:
             self.stats.requested_reset()
         rig = self.rigs.rig()
         if rig is None:
-            return self._drop('no_rig', 'waiting for ' + ', '.join(self.rigs.missing()))
+            if self.rigs.error:
+                return self._drop('bad_calibration', self.rigs.error)
+            return self._drop('missing_calibration', 'waiting for ' + ', '.join(self.rigs.missing()))
         try:
             pose = self.pose_at(frame)
-        except Exception as err:  # LogicError, tf2's lookup exceptions, ...: this frame has no pose
+        except Exception as err:  # LogicError (bad odometry) or tf2's lookup exceptions: this frame has no pose
             self.last_pose_problem = f'{type(err).__name__}: {err}'
-            return self._drop('no_pose', self.last_pose_problem)
+            reason = 'bad_pose' if isinstance(err, (LogicError, GeometryError)) else 'missing_pose'
+            return self._drop(reason, self.last_pose_problem)
         self.last_pose_problem = None
-        images = frame.images
+        images = [frame.images[name] for name in rig.names]
         if self.convert is not None:
             try:
-                images = {name: self.convert(msg) for name, msg in images.items()}
+                images = [self.convert(msg) for msg in images]
             except Exception as err:  # cv_bridge raises CvBridgeError or TypeError on unknown encodings
-                return self._drop('bad_image', f'{type(err).__name__}: {err}')
+                return self._drop('decode_error', f'{type(err).__name__}: {err}')
+        ready = frame.stamp_ns + frame.spread_ns
+        job = frame_assembly.Frame(frame.stamp_ns, tuple(images), pose, rig, (frame.stamp_ns,), ready)
         try:
-            occ = self.pipeline.process(images, pose, rig, stamp_ns=frame.stamp_ns)
-            messages = self.outputs.build(occ)
-        except Exception as err:  # every failure of one frame is a counted drop; the node keeps running
-            return self._drop(classify_error(err), f'{type(err).__name__}: {err}')
-        self.stats.published(occ, time.monotonic() - frame.received)
-        self.last_reset = occ.reset_reason
-        return messages, None
+            result = self.processor.process(job)
+        except Exception as err:  # anything else one frame can raise; the node keeps running
+            return self._drop('pipeline_error', f'{type(err).__name__}: {err}')
+        if isinstance(result, FrameDrop):
+            return self._drop(result.reason, result.detail)
+        self.stats.published(result.occ, time.monotonic() - frame.received)
+        self.last_reset = result.occ.reset_reason
+        return result.messages, None
 
     def _drop(self, reason: str, detail: str) -> tuple[None, str]:
         self.drops.drop(reason, detail)

@@ -17,13 +17,11 @@ from typing import Any
 
 from ..messages import MessageTypes
 from .logic import (
-    MSG_TYPES,
-    TOPICS,
+    OUTPUT_TOPICS,
     DropCounter,
     FrameRunner,
     FrameSlot,
     NodeStats,
-    OutputBuilder,
     RawImage,
     RigAssembler,
     backend_precision,
@@ -31,6 +29,7 @@ from .logic import (
     diagnostic_array,
     frame_from_set,
     image_topic,
+    make_processor,
     odometry_pose_at,
 )
 from .params import PARAMS, NodeParams, ParamError, ParamSpec, validate_params
@@ -54,7 +53,7 @@ try:
     ROS_IMPORT_ERROR: ImportError | None = None
 except ImportError as err:  # no ROS 2 sourced: main() says so; the module still imports for tests
     ROS_IMPORT_ERROR = err
-    Node = object  # type: ignore[assignment,misc]
+    Node = object
 
 OUTPUT_QOS_DEPTH = 2
 
@@ -75,7 +74,7 @@ def descriptor(spec: ParamSpec) -> Any:
     return desc
 
 
-class OccNode(Node):  # type: ignore[misc,valid-type]
+class OccNode(Node):
     """Subscriptions, publishers, service and timers of ``occ_node`` around a :class:`FrameRunner`."""
 
     def __init__(self) -> None:
@@ -103,11 +102,9 @@ class OccNode(Node):  # type: ignore[misc,valid-type]
         self.drops, self.stats = DropCounter(), NodeStats([*p.cameras] + (['odom'] if p.pose_source == 'odom' else []))
         self.slot = FrameSlot(self.drops)
         self.rigs = RigAssembler(p.cameras, p.ego_frame)
-        outputs = OutputBuilder(self.types, p.markers_rate, voxels, p.points_surface_only, p.marker_min_speed,
-                                p.costmap_z_min, p.costmap_z_max, p.costmap_rough_cost)
         out_qos = QoSProfile(depth=OUTPUT_QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
-        self.pubs = {key: self.create_publisher(self.types.resolve(MSG_TYPES[key]), TOPICS[key], out_qos)
-                     for key in TOPICS if key != 'voxels' or voxels}
+        self.pubs = {topic: self.create_publisher(self.types.resolve(msg_type), topic, out_qos)
+                     for topic, msg_type in OUTPUT_TOPICS.items() if voxels or not msg_type.startswith('foxglove')}
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
         pose_at = self._odom_pose
@@ -126,7 +123,8 @@ class OccNode(Node):  # type: ignore[misc,valid-type]
             def convert(msg: Any) -> RawImage:
                 return RawImage.from_array(msg.header, bridge.imgmsg_to_cv2(msg, desired_encoding='rgb8'), 'rgb8')
 
-        self.runner = FrameRunner(self.pipeline, self.rigs, pose_at, outputs, self.stats, self.drops, convert)
+        processor = make_processor(self.pipeline, self.types, p, voxels)
+        self.runner = FrameRunner(processor, self.rigs, pose_at, self.stats, self.drops, convert)
 
         image_type = CompressedImage if p.image_transport == 'compressed' else Image
         self.image_subs = []
@@ -220,9 +218,9 @@ class OccNode(Node):  # type: ignore[misc,valid-type]
             if self.runner.last_reset:
                 self.get_logger().info(f'temporal cache reset: {self.runner.last_reset}')
             try:
-                for key, msg in (messages or {}).items():
-                    if key in self.pubs:
-                        self.pubs[key].publish(msg)
+                for topic, msg in (messages or {}).items():
+                    if topic in self.pubs:
+                        self.pubs[topic].publish(msg)
             except Exception as err:  # the context may be shut down under us on Ctrl-C
                 if not rclpy.ok():
                     break
