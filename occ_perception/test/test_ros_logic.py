@@ -303,13 +303,20 @@ def test_backend_auto_prefers_tensorrt_then_onnxruntime_cuda_then_cpu():
 
 
 def test_model_path_defaults_to_the_shipped_model(tmp_path):
-    with pytest.raises(LogicError, match='tiny.onnx'):
-        resolve_model_path('', str(tmp_path))
-    (tmp_path / 'models').mkdir()
-    (tmp_path / 'models' / 'tiny.onnx').write_bytes(b'onnx')
-    assert resolve_model_path('', str(tmp_path)) == tmp_path / 'models' / 'tiny.onnx'
+    from occ_perception.model.config import get_config
+
+    config = get_config('tiny', history=2)
+    with pytest.raises(LogicError, match="parameter 'model' is empty and no shipped model: neither tiny_k2.onnx"):
+        resolve_model_path('', 'onnxruntime', config, [tmp_path])
+    (tmp_path / 'tiny_k2.onnx').write_bytes(b'onnx')
+    (tmp_path / 'tiny_k2.pt').write_bytes(b'PK')
+    assert resolve_model_path('', 'onnxruntime', config, [tmp_path]) == tmp_path / 'tiny_k2.onnx'
+    assert resolve_model_path('', 'torch', config, [tmp_path]) == tmp_path / 'tiny_k2.pt'
+    given = tmp_path / 'mine.onnx'
+    given.write_bytes(b'onnx')
+    assert resolve_model_path(str(given), 'tensorrt', config, [tmp_path]) == given
     with pytest.raises(LogicError, match="parameter 'model': no model file"):
-        resolve_model_path(str(tmp_path / 'nope.onnx'), str(tmp_path))
+        resolve_model_path(str(tmp_path / 'nope.onnx'), 'onnxruntime', config, [tmp_path])
 
 
 # ---------------------------------------------------------------------------
@@ -432,7 +439,7 @@ def runner_parts(tmp_path_factory):
     net = OccNet(get_config('tiny', history=2)).eval()
     path = tmp_path_factory.mktemp('model') / 'tiny_k2.pt'
     save_checkpoint(net, path)
-    params = validate_params({'model': str(path), 'history': 2, 'preprocess_threads': 1, 'threads': 1})
+    params = validate_params({'model': str(path), 'preprocess_threads': 1, 'threads': 1})  # history 2: the default
     pipeline, choice = build_pipeline(params, None, lambda: 'no TensorRT here', lambda: ['CPUExecutionProvider'])
     yield pipeline, choice
     pipeline.close()

@@ -468,18 +468,26 @@ def choose_backend(requested: str, device: str, model_path: str, tensorrt_proble
     return BackendChoice(requested, 'cuda', f'backend {requested}')
 
 
-def resolve_model_path(model: str, share_dir: str | None) -> Path:
-    """The model file: ``model`` itself, or ``<share_dir>/models/tiny.onnx`` when empty.
+def resolve_model_path(model: str, backend: str, config: Any, dirs: Sequence[Path] | None = None) -> Path:
+    """The model file: ``model`` itself, or when empty the shipped one that ``occ-perception demo`` uses
+    (:func:`occ_perception.demo.find_model`: ``tiny_k2.onnx``, or ``tiny_k2.pt`` for torch, in the source tree,
+    the pip prefix's or the ament index's ``share/occ_perception/models``).
+
+    Args:
+        backend: the resolved backend name. config: the model configuration (for an on-the-fly ONNX export).
+        dirs: where to look for the shipped model (default: demo's :func:`~occ_perception.demo.model_dirs`).
 
     Raises:
-        LogicError: the file does not exist (the message says which parameter to set).
+        LogicError: no such file (the message says which parameter to set).
     """
-    if model:
-        path = Path(model).expanduser()
-    elif share_dir:
-        path = Path(share_dir) / 'models' / 'tiny.onnx'
-    else:
-        raise LogicError('parameter \'model\' is empty and the occ_perception share folder is unknown; set model')
+    if not model:
+        from ..demo import DemoError, find_model
+
+        try:
+            return find_model(config, backend, None if dirs is None else list(dirs))
+        except DemoError as err:
+            raise LogicError(f'parameter \'model\' is empty and {err}') from err
+    path = Path(model).expanduser()
     if not path.is_file():
         raise LogicError(f'parameter \'model\': no model file at {str(path)!r} (set model to an ONNX file, engine '
                          'or .pt checkpoint)')
@@ -488,11 +496,13 @@ def resolve_model_path(model: str, share_dir: str | None) -> Path:
 
 def build_pipeline(
     params: NodeParams,
-    share_dir: str | None,
+    model_dirs: Sequence[Path] | None = None,
     tensorrt_problem: Callable[[], str | None] = probe_tensorrt,
     ort_providers: Callable[[], Sequence[str]] = probe_onnxruntime_providers,
 ) -> tuple[Any, BackendChoice]:
     """The node's :class:`~occ_perception.pipeline.OccPipeline` from its parameters, and the backend choice.
+
+    ``model_dirs``: where an empty ``model`` parameter looks for the shipped model (see :func:`resolve_model_path`).
 
     The model configuration is ``model_config`` with ``history`` K (-1: the configuration's own); the cache policy
     takes the trained offsets of that configuration and ``history_span``, ``max_gap``, ``max_speed`` and
@@ -507,9 +517,9 @@ def build_pipeline(
     from ..pipeline import OccPipeline, load_model
     from ..temporal import TemporalConfig
 
-    path = resolve_model_path(params.model, share_dir)
-    choice = choose_backend(params.backend, params.device, str(path), tensorrt_problem, ort_providers)
     config = get_config(params.model_config, history=None if params.history < 0 else params.history)
+    choice = choose_backend(params.backend, params.device, params.model, tensorrt_problem, ort_providers)
+    path = resolve_model_path(params.model, choice.backend, config, model_dirs)
     temporal = TemporalConfig(offsets=config.history_offsets, history_span=params.history_span,
                               max_gap=params.max_gap, max_speed=params.max_speed, jump_margin=params.jump_margin)
     backend = load_model(path, config, backend=choice.backend, threads=params.threads, device=choice.device,

@@ -83,13 +83,7 @@ class OccNode(Node):
         p, log = self.params, self.get_logger()
         self.types = MessageTypes.python_modules()
         try:
-            from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-            share: str | None = get_package_share_directory('occ_perception')
-        except (ImportError, PackageNotFoundError):
-            share = None
-        try:
-            self.pipeline, self.choice = build_pipeline(p, share)
+            self.pipeline, self.choice = build_pipeline(p)
         except Exception as err:  # LogicError, PipelineError, TemporalError, ConfigError: all end the start
             raise StartupError(str(err)) from err
         log.info(self.choice.reason)
@@ -151,7 +145,7 @@ class OccNode(Node):
         self._worker = threading.Thread(target=self._work, name='occ_inference', daemon=True)
         self._worker.start()
         log.info(f'occ_node ready: {len(p.cameras)} cameras ({p.image_transport}), pose from {p.pose_source}, '
-                 f'model {self.params.model or "share/occ_perception/models/tiny.onnx"}')
+                 f'model {self.params.model or "shipped tiny_k2"}')
 
     def _read_params(self) -> NodeParams:
         values = {}

@@ -75,12 +75,12 @@ PARAMS: tuple[ParamSpec, ...] = (
               'tensorrt, onnxruntime or torch', choices=BACKEND_CHOICES),
     ParamSpec('device', 'string', 'auto', 'onnxruntime/torch device: auto (cuda where available), cpu or cuda',
               choices=('auto', 'cpu', 'cuda')),
-    ParamSpec('model', 'string', '', 'ONNX file, TensorRT engine or .pt checkpoint; empty: '
-              'share/occ_perception/models/tiny.onnx'),
+    ParamSpec('model', 'string', '', 'ONNX file, TensorRT engine or .pt checkpoint; empty: the shipped model '
+              'models/tiny_k2.onnx (tiny_k2.pt with torch) of the occ_perception share folder'),
     ParamSpec('model_config', 'string', 'tiny', 'the model\'s configuration (tiny, flashocc-m0, flashocc-m1)',
               choices=('tiny', 'flashocc-m0', 'flashocc-m1')),
-    ParamSpec('history', 'integer', -1, 'K cached BEV features the model takes; -1: the configuration\'s own',
-              low=-1, high=8),
+    ParamSpec('history', 'integer', 2, 'K cached BEV features the model takes (2 for the shipped tiny_k2); -1: the '
+              'configuration\'s own', low=-1, high=8),
     ParamSpec('precision', 'string', 'fp16', 'engine precision when tensorrt builds from ONNX',
               choices=('fp16', 'fp32')),
     ParamSpec('threads', 'integer', 0, 'backend CPU threads; 0: the library default', low=0, high=64),
