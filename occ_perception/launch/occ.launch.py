@@ -20,11 +20,11 @@ OVERRIDES = ('model', 'backend')  # node parameters that launch arguments may ov
 
 def _occ_node(context, *args, **kwargs):
     overrides = {name: LaunchConfiguration(name).perform(context) for name in OVERRIDES}
-    parameters = [
-        LaunchConfiguration('params_file').perform(context),
-        {name: value for name, value in overrides.items() if value},
-        {'use_sim_time': LaunchConfiguration('use_sim_time').perform(context).lower() in ('true', '1', 'yes')},
-    ]
+    parameters = [LaunchConfiguration('params_file').perform(context)]
+    given = {name: value for name, value in overrides.items() if value}
+    if given:
+        parameters.append(given)
+    parameters.append({'use_sim_time': LaunchConfiguration('use_sim_time').perform(context).lower() in ('true', '1')})
     return [
         Node(
             package='occ_perception',

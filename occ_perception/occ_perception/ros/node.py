@@ -177,7 +177,7 @@ class OccNode(Node):
     def _on_timer(self) -> None:
         missing = self.rigs.missing()
         if missing:
-            self.get_logger().warn('waiting for ' + ', '.join(missing), throttle_duration_sec=5.0)
+            self.get_logger().warning('waiting for ' + ', '.join(missing), throttle_duration_sec=5.0)
         cache = self.pipeline.cache
         reports = self.stats.reports(self.drops, self.choice.backend, backend_precision(self.choice, self.params),
                                      None if cache is None else len(cache.entries), missing,
@@ -206,7 +206,7 @@ class OccNode(Node):
                 continue
             messages, problem = self.runner.run(frame)
             if problem is not None:
-                self.get_logger().warn(f'frame {frame.stamp_ns * 1e-9:.3f} s dropped: {problem}',
+                self.get_logger().warning(f'frame {frame.stamp_ns * 1e-9:.3f} s dropped: {problem}',
                                        throttle_duration_sec=2.0)
                 continue
             if self.runner.last_reset:
