@@ -103,7 +103,7 @@ def test_only_the_node_module_imports_rclpy():
 
 
 def test_node_module_stays_glue():
-    assert len(NODE.read_text().splitlines()) <= 270
+    assert len(NODE.read_text().splitlines()) <= 260
 
 
 def test_examples_are_installed_with_the_package():

@@ -496,3 +496,5 @@ def test_frames_through_the_runner_with_calibration_change_reset_and_drops(runne
     assert problem is None and messages and runner.last_pose_problem is None
     assert drops.counts == {'missing_calibration': 1, 'decode_error': 1, 'bad_pose': 1}
     assert stats.frames_out == 5
+    stages = set(stats.latencies())
+    assert {'pipeline/network', 'pipeline/preprocess', 'encode/semantics', 'encode/costmap', 'end_to_end'} <= stages

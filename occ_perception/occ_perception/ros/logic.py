@@ -620,7 +620,7 @@ class FrameRunner:
             return self._drop('pipeline_error', f'{type(err).__name__}: {err}')
         if isinstance(result, FrameDrop):
             return self._drop(result.reason, result.detail)
-        self.stats.published(result.occ, time.monotonic() - frame.received)
+        self.stats.published(result.occ, time.monotonic() - frame.received, timings=result.timings)
         self.last_reset = result.occ.reset_reason
         return result.messages, None
 
@@ -672,12 +672,14 @@ class NodeStats:
         with self._lock:
             self.frames_in += 1
 
-    def published(self, frame: OccFrame, delay: float, now: float | None = None) -> None:
-        """A frame's outputs went out: its stage timings [s], ``delay`` [s] from set completion to publication."""
+    def published(self, frame: OccFrame, delay: float, now: float | None = None,
+                  timings: dict[str, float] | None = None) -> None:
+        """A frame's outputs went out: its stage timings [s] (``timings``, default the OccFrame's), and ``delay``
+        [s] from set completion to the end of encoding."""
         now = time.monotonic() if now is None else now
         with self._lock:
             self.frames_out += 1
-            self._timings.append((now, {**frame.timings, 'end_to_end': delay}))
+            self._timings.append((now, {**(frame.timings if timings is None else timings), 'end_to_end': delay}))
             if frame.reset_reason:
                 self.last_reset = frame.reset_reason
                 self.resets[frame.reset_reason] += 1

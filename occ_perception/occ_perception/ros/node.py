@@ -1,12 +1,8 @@
-"""The ``occ_node`` entry point: rclpy glue over the ROS-free :mod:`occ_perception.ros.logic`.
+"""The ``occ_node`` entry point: rclpy glue over the ROS-free :mod:`.logic` and :mod:`.params` (topics: DESIGN.md 4).
 
-Inputs (names relative, DESIGN.md section 4): six ``<camera>/image_rect/compressed`` (or
-``<camera>/image_rect`` with ``image_transport: raw``) through message_filters'
-ApproximateTimeSynchronizer, ``<camera>/camera_info``, ``/tf_static`` and ``odom`` (or TF with
-``pose_source: tf``). Outputs: ``occupancy/{semantics,flow,points,markers,costmap,voxels}`` and
-``/diagnostics``; service ``~/reset``. Every decision lives in ``logic`` and ``params``; this module
-only wires ROS to them. The synchroniser callback runs under its lock, so it only hands the frame
-to the inference thread (latest frame wins).
+Six cameras (and ``odom``) through message_filters' ApproximateTimeSynchronizer, whose callback runs under its
+lock and only hands the frame to the inference thread (latest frame wins); ``<camera>/camera_info`` and
+``/tf_static`` for the rig; outputs ``occupancy/*`` and ``/diagnostics``; service ``~/reset``.
 """
 
 from __future__ import annotations
@@ -137,7 +133,7 @@ class OccNode(Node):
         self.sync.registerCallback(self._on_set)
         static_qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                 reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(TFMessage, '/tf_static', self._on_tf_static, static_qos)
+        self.create_subscription(TFMessage, '/tf_static', self.rigs.add_transforms, static_qos)
         self.create_service(Trigger, '~/reset', self._on_reset)
         self.create_timer(p.diagnostics_period, self._on_timer)
 
@@ -165,9 +161,6 @@ class OccNode(Node):
         """Under the synchroniser's lock: hand the frame over, never process it here."""
         self.stats.frame()
         self.slot.put(frame_from_set(self.params.cameras, images))
-
-    def _on_tf_static(self, msg: Any) -> None:
-        self.rigs.add_transforms(msg)
 
     def _on_reset(self, _request: Any, response: Any) -> Any:
         self.runner.request_reset()
@@ -207,7 +200,7 @@ class OccNode(Node):
             messages, problem = self.runner.run(frame)
             if problem is not None:
                 self.get_logger().warning(f'frame {frame.stamp_ns * 1e-9:.3f} s dropped: {problem}',
-                                       throttle_duration_sec=2.0)
+                                          throttle_duration_sec=2.0)
                 continue
             if self.runner.last_reset:
                 self.get_logger().info(f'temporal cache reset: {self.runner.last_reset}')
