@@ -78,6 +78,7 @@ setup(
         *share_files('launch'),
         *share_files('config'),
         *share_files('models'),
+        *share_files('examples'),
     ],
     install_requires=[],
     extras_require={
@@ -89,7 +90,16 @@ setup(
         # occ-perception train: the devkit's own install (nuscenes-devkit, with --no-deps) plus what it imports
         'train': RUNTIME + DEVKIT_IMPORTS,
         # mcap + mcap-ros2-support: an independent reader that decodes converted bags from their stored definitions
-        'test': RUNTIME + ['pytest>=7', 'catkin_pkg>=0.5', 'mcap>=1.1', 'mcap-ros2-support>=0.5', 'ruff>=0.6', 'mypy>=1.10']
+        'test': RUNTIME
+        + [
+            'pytest>=7',
+            'catkin_pkg>=0.5',
+            'mcap>=1.1',
+            'mcap-ros2-support>=0.5',
+            'pyyaml>=5.4',
+            'ruff>=0.6',
+            'mypy>=1.10',
+        ]
         + DEVKIT_IMPORTS,
     },
     cmdclass={'build_py': BuildPyWithMessages},

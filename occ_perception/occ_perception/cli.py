@@ -391,10 +391,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise CliError(f'--max-frames: expected at least 1, got {args.max_frames}')
     config = get_config(args.config, history=args.history)
-    summary = run_replay(args.bag, args.model, config, args.backend, args.out, threads=args.threads,
-                         assembly=_assembly(args), markers_rate=args.markers_rate, gt_tolerance=args.gt_tolerance,
-                         panels=args.panels, panel_frames=tuple(args.panel_frames or ()), gif=args.gif,
-                         max_frames=args.max_frames, distro=args.distro, progress=not args.quiet)
+    summary = run_replay(
+        args.bag,
+        args.model,
+        config,
+        args.backend,
+        args.out,
+        threads=args.threads,
+        assembly=_assembly(args),
+        markers_rate=args.markers_rate,
+        gt_tolerance=args.gt_tolerance,
+        panels=args.panels,
+        panel_frames=tuple(args.panel_frames or ()),
+        gif=args.gif,
+        max_frames=args.max_frames,
+        distro=args.distro,
+        progress=not args.quiet,
+    )
     print(format_summary(summary))
     return 0
 
@@ -403,19 +416,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic scene -> bag -> replay with the shipped tiny model -> output bag, panel, GIF, metrics."""
     from .demo import run_demo
 
-    run_demo(args.out, seconds=args.seconds, seed=args.seed, width=args.width, height=args.height,
-             model=args.model, backend=args.backend, threads=args.threads, progress=not args.quiet)
+    run_demo(
+        args.out,
+        seconds=args.seconds,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        model=args.model,
+        backend=args.backend,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
     return 0
 
 
 def _sync_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument('--slop', type=float, default=0.1,
-                   help='message_filters slop [s]: largest stamp spread of a synchronised set (default 0.1)')
-    p.add_argument('--queue-size', type=int, default=3,
-                   help='message_filters queue size per input (default 3, as the node)')
-    p.add_argument('--pose-source', choices=['odom', 'tf'], default='odom',
-                   help='odom: /odom is the 7th synchroniser input, its pose carried to the frame stamp with its '
-                        'twist; tf: map -> base_link from /tf interpolated at the frame stamp (default odom)')
+    p.add_argument(
+        '--slop',
+        type=float,
+        default=0.1,
+        help='message_filters slop [s]: largest stamp spread of a synchronised set (default 0.1)',
+    )
+    p.add_argument(
+        '--queue-size', type=int, default=3, help='message_filters queue size per input (default 3, as the node)'
+    )
+    p.add_argument(
+        '--pose-source',
+        choices=['odom', 'tf'],
+        default='odom',
+        help='odom: /odom is the 7th synchroniser input, its pose carried to the frame stamp with its '
+        'twist; tf: map -> base_link from /tf interpolated at the frame stamp (default odom)',
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -582,14 +613,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser('replay', help='replay a bag through the pipeline: output bag, metrics, timings, panels')
     rp.add_argument('bag', help='input rosbag2 folder (from `occ-perception convert` or recorded)')
     rp.add_argument('--model', required=True, help='checkpoint (.pt, --backend torch), ONNX or TensorRT engine')
-    rp.add_argument('--config', default='tiny', choices=sorted(CONFIGS), help='the model\'s config (default tiny)')
+    rp.add_argument('--config', default='tiny', choices=sorted(CONFIGS), help="the model's config (default tiny)")
     rp.add_argument('--history', type=int, default=2, help='K history BEV features of the model (default 2)')
     rp.add_argument('--backend', choices=['onnxruntime', 'torch', 'tensorrt'], default='onnxruntime')
     rp.add_argument('--out', required=True, help='output folder: bag/ (MCAP), summary.json, metrics, panels')
     _sync_options(rp)
     rp.add_argument('--markers-rate', type=float, default=2.0, help='MarkerArray rate limit [Hz] (0: none; default 2)')
-    rp.add_argument('--gt-tolerance', type=float, default=0.05,
-                    help='largest |frame stamp - ground-truth stamp| [s] for a frame to be scored (default 0.05)')
+    rp.add_argument(
+        '--gt-tolerance',
+        type=float,
+        default=0.05,
+        help='largest |frame stamp - ground-truth stamp| [s] for a frame to be scored (default 0.05)',
+    )
     rp.add_argument('--panels', type=int, default=1, help='PNG panels at ground-truth frames spread over the bag')
     rp.add_argument('--panel-frames', type=int, nargs='+', metavar='I', help='also draw these output frame indices')
     rp.add_argument('--gif', action='store_true', help='animated GIF of the top views (ground truth vs prediction)')
@@ -602,12 +637,17 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser('demo', help='synthetic scene -> bag -> replay with the shipped tiny model -> demo_out/')
     dm.add_argument('--out', default='demo_out', help='output folder (default demo_out)')
     dm.add_argument('--seconds', type=float, default=20.0, help='scene length [s] (default 20)')
-    dm.add_argument('--seed', type=int, default=3000,
-                    help='dataset seed (default 3000; training used 1000 and the held-out set 2000)')
+    dm.add_argument(
+        '--seed',
+        type=int,
+        default=3000,
+        help='dataset seed (default 3000; training used 1000 and the held-out set 2000)',
+    )
     dm.add_argument('--width', type=int, default=800, help='image width (default 800)')
     dm.add_argument('--height', type=int, default=450, help='image height (default 450)')
-    dm.add_argument('--model', help='model file (default: the shipped models/tiny_k2.onnx, exported from '
-                    'tiny_k2.pt when missing)')
+    dm.add_argument(
+        '--model', help='model file (default: the shipped models/tiny_k2.onnx, exported from tiny_k2.pt when missing)'
+    )
     dm.add_argument('--backend', choices=['onnxruntime', 'torch', 'tensorrt'], default='onnxruntime')
     dm.add_argument('--threads', type=int, default=0, help='backend CPU threads (0 = library default)')
     dm.add_argument('--quiet', action='store_true', help='no progress bars')

@@ -87,8 +87,10 @@ def find_model(config: Any, backend: str = 'onnxruntime', dirs: list[Path] | Non
             return onnx
         if backend != 'torch' and pt.is_file():
             return _export(pt, config)
-    raise DemoError(f'no shipped model: neither {MODEL_STEM}.onnx nor {MODEL_STEM}.pt in '
-                    f'{", ".join(str(d) for d in dirs)}; train one (occ-perception train) or pass --model')
+    raise DemoError(
+        f'no shipped model: neither {MODEL_STEM}.onnx nor {MODEL_STEM}.pt in '
+        f'{", ".join(str(d) for d in dirs)}; train one (occ-perception train) or pass --model'
+    )
 
 
 def _prepare(out: Path) -> None:
@@ -102,9 +104,17 @@ def _prepare(out: Path) -> None:
     (out / _MARKER).write_text('written by occ-perception demo; the folder is replaced by the next demo run\n')
 
 
-def run_demo(out: str | os.PathLike[str] = 'demo_out', seconds: float = 20.0, seed: int = DEMO_SEED,
-             width: int = 800, height: int = 450, model: str | os.PathLike[str] | None = None,
-             backend: str = 'onnxruntime', threads: int = 0, progress: bool = True) -> Any:
+def run_demo(
+    out: str | os.PathLike[str] = 'demo_out',
+    seconds: float = 20.0,
+    seed: int = DEMO_SEED,
+    width: int = 800,
+    height: int = 450,
+    model: str | os.PathLike[str] | None = None,
+    backend: str = 'onnxruntime',
+    threads: int = 0,
+    progress: bool = True,
+) -> Any:
     """Synthesise, convert and replay one scene into ``out``; print the summary with the paths.
 
     Returns:
@@ -125,8 +135,9 @@ def run_demo(out: str | os.PathLike[str] = 'demo_out', seconds: float = 20.0, se
     config = get_config('tiny', history=2)
     model_path = Path(model) if model is not None else find_model(config, backend)
     root = Path(out)
-    synth = SynthConfig(out=root / 'dataset', scenes=1, seconds=seconds, seed=seed, width=width, height=height,
-                        sweeps=True)
+    synth = SynthConfig(
+        out=root / 'dataset', scenes=1, seconds=seconds, seed=seed, width=width, height=height, sweeps=True
+    )
     synth.validate()
     net = load_model(model_path, config, backend=backend, threads=threads)  # fails before the long synthesis
     _prepare(root)
@@ -135,8 +146,9 @@ def run_demo(out: str | os.PathLike[str] = 'demo_out', seconds: float = 20.0, se
     generate_dataset(synth, progress=progress)
     t_synth = time.perf_counter() - t0
     t0 = time.perf_counter()
-    bags = convert(ConvertConfig(root=synth.out, out=root / 'input', version=synth.version,
-                                 gts=synth.out / 'gts'), progress=False)
+    bags = convert(
+        ConvertConfig(root=synth.out, out=root / 'input', version=synth.version, gts=synth.out / 'gts'), progress=False
+    )
     t_convert = time.perf_counter() - t0
     print(f'demo: converted to {bags[0].path} ({sum(bags[0].counts.values())} messages) in {t_convert:.1f} s')
     pipeline = OccPipeline(net, config)
@@ -148,6 +160,8 @@ def run_demo(out: str | os.PathLike[str] = 'demo_out', seconds: float = 20.0, se
         net.close()
     print(format_summary(summary))
     print(f'demo: synthesis {t_synth:.0f} s, conversion {t_convert:.0f} s, replay {summary.wall_seconds:.0f} s')
-    print(f'demo: output bag {summary.out_bag}; panel {", ".join(summary.files.get("panels", []))}; '
-          f'GIF {summary.files.get("gif")}; metrics {summary.files.get("json")}; summary {summary.files["summary"]}')
+    print(
+        f'demo: output bag {summary.out_bag}; panel {", ".join(summary.files.get("panels", []))}; '
+        f'GIF {summary.files.get("gif")}; metrics {summary.files.get("json")}; summary {summary.files["summary"]}'
+    )
     return summary

@@ -355,8 +355,10 @@ class FrameAssembler:
         """A tf2_msgs/TFMessage from ``/tf``: ``world_frame -> ego_frame`` entries go into the pose buffer."""
         cfg = self.config
         for tf in msg.transforms:
-            if str(tf.header.frame_id).lstrip('/') != cfg.world_frame or \
-                    str(tf.child_frame_id).lstrip('/') != cfg.ego_frame:
+            if (
+                str(tf.header.frame_id).lstrip('/') != cfg.world_frame
+                or str(tf.child_frame_id).lstrip('/') != cfg.ego_frame
+            ):
                 continue
             try:
                 pose = Transform.from_msg(tf.transform)
@@ -394,7 +396,7 @@ class FrameAssembler:
         return events
 
     def _new_sync_drops(self) -> list[Frame | FrameDrop]:
-        drops: list[Drop] = self.sync.drops[self._sync_drops_seen:]
+        drops: list[Drop] = self.sync.drops[self._sync_drops_seen :]
         self._sync_drops_seen = len(self.sync.drops)
         out: list[Frame | FrameDrop] = []
         for d in drops:
@@ -410,8 +412,13 @@ class FrameAssembler:
         events = self._new_sync_drops()
         for frame, synced, _ in self._waiting:
             stamp = frame.stamp_ns if frame is not None else synced.stamps_ns[0]
-            events.append(self._frame_drop('missing_pose', stamp, 'no map -> base_link transform at or after '
-                                                                  'the frame stamp before the end of the input'))
+            events.append(
+                self._frame_drop(
+                    'missing_pose',
+                    stamp,
+                    'no map -> base_link transform at or after the frame stamp before the end of the input',
+                )
+            )
         self._waiting.clear()
         return events
 
@@ -440,8 +447,10 @@ class FrameAssembler:
             frame = str(info.header.frame_id).lstrip('/') or name
             extrinsics = self.static.lookup(self.config.ego_frame, frame)
             if extrinsics is None:
-                raise AssemblyError(f'missing_calibration: no static transform {self.config.ego_frame} <- {frame} '
-                                    f'(/tf_static has child frames {self.static.frames()})')
+                raise AssemblyError(
+                    f'missing_calibration: no static transform {self.config.ego_frame} <- {frame} '
+                    f'(/tf_static has child frames {self.static.frames()})'
+                )
             cams.append(Camera.from_camera_info(info, extrinsics, name=name))
         rig = Rig(tuple(cams))
         if self._rig is None or rig != self._rig:
@@ -483,8 +492,12 @@ class FrameAssembler:
                 newest = self.poses.newest_ns
                 if newest is None or newest < stamp:
                     return None  # wait for /tf
-                return self._frame_drop('missing_pose', stamp, f'{self.config.world_frame} -> '
-                                        f'{self.config.ego_frame} at the frame stamp is older than the /tf buffer')
+                return self._frame_drop(
+                    'missing_pose',
+                    stamp,
+                    f'{self.config.world_frame} -> '
+                    f'{self.config.ego_frame} at the frame stamp is older than the /tf buffer',
+                )
             pose = found
         self.frames += 1
         return Frame(stamp, tuple(images), pose, rig, synced.stamps_ns, ready_ns)
@@ -513,8 +526,13 @@ class FrameAssembler:
             if now_ns - stamp <= limit:
                 break
             self._waiting.pop(0)
-            out.append(self._frame_drop('missing_pose', stamp, f'no {self.config.world_frame} -> '
-                                        f'{self.config.ego_frame} transform within {self.config.tf_wait} s'))
+            out.append(
+                self._frame_drop(
+                    'missing_pose',
+                    stamp,
+                    f'no {self.config.world_frame} -> {self.config.ego_frame} transform within {self.config.tf_wait} s',
+                )
+            )
         return out
 
     def accounted(self) -> bool:
@@ -533,10 +551,21 @@ class FrameProcessor:
             restarts the limit).
         voxels: also encode the foxglove VoxelGrid.
         surface_points: PointCloud2 of surface voxels only.
+        marker_min_speed: flow arrows in the markers for voxels faster than this [m/s].
+        costmap: keyword arguments of :func:`~occ_perception.outputs.costmap_values` (``height_band``,
+            ``rough_cost``, ...); None keeps its defaults.
     """
 
-    def __init__(self, pipeline: Any, types: MessageTypes, markers_rate: float = 2.0, voxels: bool = True,
-                 surface_points: bool = True) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        types: MessageTypes,
+        markers_rate: float = 2.0,
+        voxels: bool = True,
+        surface_points: bool = True,
+        marker_min_speed: float = 0.5,
+        costmap: dict[str, Any] | None = None,
+    ) -> None:
         if not (markers_rate >= 0 and math.isfinite(markers_rate)):
             raise AssemblyError(f'markers_rate: expected a rate >= 0 [Hz], got {markers_rate}')
         from .outputs import VoxelPointCache
@@ -546,6 +575,8 @@ class FrameProcessor:
         self.markers_rate = float(markers_rate)
         self.voxels = bool(voxels)
         self.surface_points = bool(surface_points)
+        self.marker_min_speed = float(marker_min_speed)
+        self.costmap = dict(costmap or {})
         self._points = VoxelPointCache(types, pipeline.config.grid)
         self._last_markers: int | None = None
         self.drops: Counter[str] = Counter()
@@ -600,12 +631,17 @@ class FrameProcessor:
             ('occupancy/semantics', lambda: semantic_occupancy_msg(occ, self.types)),
             ('occupancy/flow', lambda: occupancy_flow_msg(occ, self.types)),
             ('occupancy/points', lambda: pointcloud_msg(occ, self.types, surface_only=self.surface_points)),
-            ('occupancy/costmap', lambda: costmap_msg(occ, self.types)),
+            ('occupancy/costmap', lambda: costmap_msg(occ, self.types, **self.costmap)),
         ]
         if self.voxels:
             encoders.append(('occupancy/voxels', lambda: voxel_grid_msg(occ, self.types)))
         if self.markers_due(frame.stamp_ns):
-            encoders.append(('occupancy/markers', lambda: marker_array_msg(occ, self.types, cache=self._points)))
+            encoders.append(
+                (
+                    'occupancy/markers',
+                    lambda: marker_array_msg(occ, self.types, min_speed=self.marker_min_speed, cache=self._points),
+                )
+            )
         for topic, encode in encoders:
             t0 = time.perf_counter()
             msg = encode()

@@ -144,7 +144,7 @@ class ReplaySummary:
         d = dict(self.__dict__)
         d['accounting'] = {
             'sync_messages': f'{self.sync_inputs} in = {self.sets} sets x {self.streams} inputs + '
-                             f'{sum(self.sync_drops.values())} message drops',
+            f'{sum(self.sync_drops.values())} message drops',
             'sync_exact': self.sync_inputs == self.sets * self.streams + sum(self.sync_drops.values()),
             'frames': f'{self.sets} sets = {self.frames_out} outputs + {sum(self.frame_drops.values())} frame drops',
             'frames_exact': self.sets == self.frames_out + sum(self.frame_drops.values()),
@@ -191,8 +191,9 @@ def check_topics(present: dict[str, str], assembly: AssemblyConfig, bag: Path | 
     missing = [t for t in required_topics(assembly) if t not in present]
     if missing:
         have = ', '.join(f'{t} ({present[t]})' for t in sorted(present)) or 'no topics'
-        raise ReplayError(f'{bag}: missing the topics {missing} (pose source {assembly.pose_source}); '
-                          f'the bag has {have}')
+        raise ReplayError(
+            f'{bag}: missing the topics {missing} (pose source {assembly.pose_source}); the bag has {have}'
+        )
 
 
 @dataclass
@@ -208,9 +209,18 @@ class _Pending:
 class _Scorer:
     """Pairs frames with ground-truth stamps and accumulates the metrics; draws panels and GIF frames."""
 
-    def __init__(self, gt_stamps: list[int], gt_parts: set[str], gt_poses: dict[int, np.ndarray],
-                 lidar: tuple[float, float, float], tolerance_ns: int, grid: Any,
-                 panel_gt: set[int], want_gif: bool, panel_dir: Path) -> None:
+    def __init__(
+        self,
+        gt_stamps: list[int],
+        gt_parts: set[str],
+        gt_poses: dict[int, np.ndarray],
+        lidar: tuple[float, float, float],
+        tolerance_ns: int,
+        grid: Any,
+        panel_gt: set[int],
+        want_gif: bool,
+        panel_dir: Path,
+    ) -> None:
         from .metrics import MIoU, RayMetrics
 
         self.gt_stamps = np.asarray(sorted(gt_stamps), dtype=np.int64)
@@ -289,8 +299,9 @@ class _Scorer:
             self.rays_skipped += 1
         self.scored += 1
         if gt_stamp in self.panel_gt and entry.frame is not None:
-            self.panels.append(_write_panel(self.panel_dir, entry.index, entry.frame, occ, semantics, self.grid,
-                                            self.t0_ns))
+            self.panels.append(
+                _write_panel(self.panel_dir, entry.index, entry.frame, occ, semantics, self.grid, self.t0_ns)
+            )
         if self.want_gif:
             from .outputs import render_panel
 
@@ -316,25 +327,27 @@ def _frame_images(frame: Frame, height: int = 225) -> np.ndarray | None:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         else:
             img, _ = decode_raw(msg, cam)
-        out.append(cv2.resize(img, (round(img.shape[1] * height / img.shape[0]), height),
-                              interpolation=cv2.INTER_AREA))
+        out.append(cv2.resize(img, (round(img.shape[1] * height / img.shape[0]), height), interpolation=cv2.INTER_AREA))
     if len({im.shape for im in out}) != 1:
         return None
     return np.stack(out)
 
 
-def _write_panel(folder: Path, index: int, frame: Frame, occ: Any, gt: np.ndarray | None, grid: Any,
-                 t0_ns: int) -> Path:
+def _write_panel(
+    folder: Path, index: int, frame: Frame, occ: Any, gt: np.ndarray | None, grid: Any, t0_ns: int
+) -> Path:
     from .outputs import render_panel, save_png
 
-    title = (f'frame {index}  t = {(frame.stamp_ns - t0_ns) / NS:.2f} s (stamp {frame.stamp_ns / NS:.3f})'
-             + ('' if gt is not None else '  (no ground truth)'))
+    title = f'frame {index}  t = {(frame.stamp_ns - t0_ns) / NS:.2f} s (stamp {frame.stamp_ns / NS:.3f})' + (
+        '' if gt is not None else '  (no ground truth)'
+    )
     panel = render_panel(_frame_images(frame), gt, occ.labels, occ.flow, grid, title, camera_names=frame.rig.names)
     return save_png(folder / f'panel_{index:05d}.png', panel)
 
 
-def _prescan(reader: Any, conns: dict[str, Any], gt_topics: dict[str, str]) -> tuple[PoseBuffer, StaticTransforms,
-                                                                                   list[int]]:
+def _prescan(
+    reader: Any, conns: dict[str, Any], gt_topics: dict[str, str]
+) -> tuple[PoseBuffer, StaticTransforms, list[int]]:
     """Poses (/tf map -> base_link, else /odom), static transforms and ground-truth stamps of the whole bag."""
     poses = PoseBuffer(span=1e7)
     static = StaticTransforms()
@@ -353,8 +366,10 @@ def _prescan(reader: Any, conns: dict[str, Any], gt_topics: dict[str, str]) -> t
                 static.add(msg)
             elif conn.topic == TF_TOPIC:
                 for tf in msg.transforms:
-                    if str(tf.header.frame_id).lstrip('/') == 'map' and \
-                            str(tf.child_frame_id).lstrip('/') == 'base_link':
+                    if (
+                        str(tf.header.frame_id).lstrip('/') == 'map'
+                        and str(tf.child_frame_id).lstrip('/') == 'base_link'
+                    ):
                         poses.add(stamp_to_ns(tf.header.stamp), Transform.from_msg(tf.transform))
             else:
                 poses.add(stamp_to_ns(msg.header.stamp), Transform.from_msg(msg.pose.pose))
@@ -383,8 +398,10 @@ def replay(options: ReplayOptions, pipeline: Any) -> ReplaySummary:
     if not bag.exists():
         raise ReplayError(f'{bag}: no such bag')
     if opts.gt_tolerance < 0 or opts.panels < 0 or (opts.max_frames is not None and opts.max_frames < 1):
-        raise ReplayError(f'gt_tolerance >= 0, panels >= 0 and max_frames >= 1 expected, got {opts.gt_tolerance}, '
-                          f'{opts.panels}, {opts.max_frames}')
+        raise ReplayError(
+            f'gt_tolerance >= 0, panels >= 0 and max_frames >= 1 expected, got {opts.gt_tolerance}, '
+            f'{opts.panels}, {opts.max_frames}'
+        )
     if (out / 'bag').exists():
         raise ReplayError(f'{out / "bag"}: exists already; remove it or choose another --out')
     try:
@@ -398,8 +415,9 @@ def replay(options: ReplayOptions, pipeline: Any) -> ReplaySummary:
         reader.close()
 
 
-def _replay(opts: ReplayOptions, pipeline: Any, reader: Any, bag: Path, out: Path, writer_cls: Any,
-            bag_error: type[Exception]) -> ReplaySummary:
+def _replay(
+    opts: ReplayOptions, pipeline: Any, reader: Any, bag: Path, out: Path, writer_cls: Any, bag_error: type[Exception]
+) -> ReplaySummary:
     asm_cfg = opts.assembly
     conns: dict[str, Any] = {}
     for c in reader.connections:
@@ -420,8 +438,10 @@ def _replay(opts: ReplayOptions, pipeline: Any, reader: Any, bag: Path, out: Pat
             if p is not None:
                 gt_poses[s] = p.matrix()
         if len(gt_poses) < len(gt_stamps):
-            notes.append(f'{len(gt_stamps) - len(gt_poses)} ground-truth stamps have no pose on /tf or /odom: '
-                         'RayIoU leaves them out')
+            notes.append(
+                f'{len(gt_stamps) - len(gt_poses)} ground-truth stamps have no pose on /tf or /odom: '
+                'RayIoU leaves them out'
+            )
         t_lidar = static.lookup(asm_cfg.ego_frame, LIDAR_FRAME)
         if t_lidar is not None:
             x, y, z = (float(v) for v in t_lidar.translation)
@@ -430,8 +450,10 @@ def _replay(opts: ReplayOptions, pipeline: Any, reader: Any, bag: Path, out: Pat
             from .metrics import LIDAR_TRANSLATION
 
             lidar = LIDAR_TRANSLATION
-            notes.append(f'no static transform {asm_cfg.ego_frame} <- {LIDAR_FRAME}: RayIoU origins use the '
-                         f'nuScenes LIDAR_TOP position {LIDAR_TRANSLATION}')
+            notes.append(
+                f'no static transform {asm_cfg.ego_frame} <- {LIDAR_FRAME}: RayIoU origins use the '
+                f'nuScenes LIDAR_TOP position {LIDAR_TRANSLATION}'
+            )
         if 'mask' not in gt_present:
             notes.append('no mask_camera topic: mIoU over every voxel')
     else:
@@ -443,8 +465,17 @@ def _replay(opts: ReplayOptions, pipeline: Any, reader: Any, bag: Path, out: Pat
         panel_gt = {sorted(gt_stamps)[i] for i in chosen}
     panel_frames = set(opts.panel_frames)
     out.mkdir(parents=True, exist_ok=True)
-    scorer = _Scorer(gt_stamps, gt_present, gt_poses, lidar or (0.0, 0.0, 0.0), int(opts.gt_tolerance * NS), grid,
-                     panel_gt, opts.gif, out)
+    scorer = _Scorer(
+        gt_stamps,
+        gt_present,
+        gt_poses,
+        lidar or (0.0, 0.0, 0.0),
+        int(opts.gt_tolerance * NS),
+        grid,
+        panel_gt,
+        opts.gif,
+        out,
+    )
 
     types = MessageTypes.rosbags(opts.distro)
     assembler = FrameAssembler(asm_cfg)
@@ -477,10 +508,17 @@ def _replay(opts: ReplayOptions, pipeline: Any, reader: Any, bag: Path, out: Pat
             if topic in outputs_abs:
                 notes.append(f'input topic {topic} is an output topic: not copied')
                 continue
-            latched = any(getattr(q, 'durability', None) is not None and q.durability.name == 'TRANSIENT_LOCAL'
-                          for q in getattr(conn.ext, 'offered_qos_profiles', []))
-            writer.add_topic(topic, conn.msgtype, latched=latched or topic == TF_STATIC_TOPIC,
-                             msgdef=conn.msgdef.data or None, rihs01=conn.digest or None)
+            latched = any(
+                getattr(q, 'durability', None) is not None and q.durability.name == 'TRANSIENT_LOCAL'
+                for q in getattr(conn.ext, 'offered_qos_profiles', [])
+            )
+            writer.add_topic(
+                topic,
+                conn.msgtype,
+                latched=latched or topic == TF_STATIC_TOPIC,
+                msgdef=conn.msgdef.data or None,
+                rihs01=conn.digest or None,
+            )
         for topic, msgtype in OUTPUT_TOPICS.items():
             writer.add_topic('/' + topic, msgtype)
 
@@ -498,8 +536,11 @@ def _replay(opts: ReplayOptions, pipeline: Any, reader: Any, bag: Path, out: Pat
                 for t, msg in result.messages.items():
                     writer.write('/' + t, log_ns, msg)
                 result.timings['write'] = time.perf_counter() - t0
-                result.timings['frame'] = sum(v for k, v in result.timings.items()
-                                              if k == 'pipeline/total' or k.startswith('encode/') or k == 'write')
+                result.timings['frame'] = sum(
+                    v
+                    for k, v in result.timings.items()
+                    if k == 'pipeline/total' or k.startswith('encode/') or k == 'write'
+                )
                 samples.append(result.timings)
                 if result.occ.reset_reason is not None:
                     resets[result.occ.reset_reason] += 1
@@ -562,22 +603,37 @@ def _replay(opts: ReplayOptions, pipeline: Any, reader: Any, bag: Path, out: Pat
         files['gif'] = str(_write_gif(out / 'topviews.gif', scorer.gif_frames))
     bag_seconds = (last_stamp - first_stamp) / NS if first_stamp is not None and last_stamp is not None else 0.0
     summary = ReplaySummary(
-        bag=str(bag), out_bag=str(out / 'bag'), messages_in=dict(sorted(messages_in.items())),
-        sync_inputs=sync_inputs, sets=assembler.sets, sync_drops=dict(assembler.sync_drops),
-        sync_drops_by_stream=dict(sorted(assembler.sync_drops_by_stream.items())), frames_out=results,
-        frame_drops=dict(frame_drops), scored=scorer.scored, gt_frames=len(gt_stamps),
-        gt_unmatched=scorer.unmatched() if gt_stamps else 0, timings_ms=timing_table(samples), wall_seconds=wall,
-        bag_seconds=bag_seconds, frames_per_second=results / wall if wall > 0 else 0.0,
-        out_counts={t: writer.counts['/' + t] for t in OUTPUT_TOPICS}, metrics=metrics, files=files,
-        pose_source=asm_cfg.pose_source, notes=notes, streams=len(asm_cfg.streams),
+        bag=str(bag),
+        out_bag=str(out / 'bag'),
+        messages_in=dict(sorted(messages_in.items())),
+        sync_inputs=sync_inputs,
+        sets=assembler.sets,
+        sync_drops=dict(assembler.sync_drops),
+        sync_drops_by_stream=dict(sorted(assembler.sync_drops_by_stream.items())),
+        frames_out=results,
+        frame_drops=dict(frame_drops),
+        scored=scorer.scored,
+        gt_frames=len(gt_stamps),
+        gt_unmatched=scorer.unmatched() if gt_stamps else 0,
+        timings_ms=timing_table(samples),
+        wall_seconds=wall,
+        bag_seconds=bag_seconds,
+        frames_per_second=results / wall if wall > 0 else 0.0,
+        out_counts={t: writer.counts['/' + t] for t in OUTPUT_TOPICS},
+        metrics=metrics,
+        files=files,
+        pose_source=asm_cfg.pose_source,
+        notes=notes,
+        streams=len(asm_cfg.streams),
     )
     files['summary'] = str(out / 'summary.json')
     (out / 'summary.json').write_text(json.dumps(summary.to_dict(), indent=2) + '\n')
     return summary
 
 
-def _write_metrics(scorer: _Scorer, out: Path, samples: list[dict[str, float]], resets: Counter[str],
-                   frames: int) -> tuple[dict[str, Any], dict[str, str]]:
+def _write_metrics(
+    scorer: _Scorer, out: Path, samples: list[dict[str, float]], resets: Counter[str], frames: int
+) -> tuple[dict[str, Any], dict[str, str]]:
     from .evaluate import EvalResult, write_outputs
     from .metrics import MetricsReport
 
@@ -587,17 +643,19 @@ def _write_metrics(scorer: _Scorer, out: Path, samples: list[dict[str, float]], 
     for s in samples:
         for k, v in s.items():
             if k.startswith('pipeline/'):
-                key = k[len('pipeline/'):]
+                key = k[len('pipeline/') :]
                 stage[key] = stage.get(key, 0.0) + v
     seconds = float(stage.get('total', 0.0))
-    report.extra.update({
-        'frames_run': frames,
-        'frames_per_second': frames / seconds if seconds > 0 else None,
-        'timings_ms': {k: 1000.0 * v / frames for k, v in sorted(stage.items()) if k != 'tables'},
-        'cache_resets': dict(sorted(resets.items())),
-        'mask': 'camera' if 'mask' in scorer.parts else 'none',
-        'rays_skipped_frames': scorer.rays_skipped,
-    })
+    report.extra.update(
+        {
+            'frames_run': frames,
+            'frames_per_second': frames / seconds if seconds > 0 else None,
+            'timings_ms': {k: 1000.0 * v / frames for k, v in sorted(stage.items()) if k != 'tables'},
+            'cache_resets': dict(sorted(resets.items())),
+            'mask': 'camera' if 'mask' in scorer.parts else 'none',
+            'rays_skipped_frames': scorer.rays_skipped,
+        }
+    )
     result = EvalResult(report, m, frames, scorer.scored, seconds, dict(stage), dict(resets))
     paths = write_outputs(result, out)
     return report.to_dict(), {k: str(v) for k, v in paths.items()}
@@ -608,29 +666,36 @@ def _write_gif(path: Path, frames: list[np.ndarray], seconds_per_frame: float = 
     from PIL import Image
 
     images = [Image.fromarray(f).quantize(colors=128, method=Image.Quantize.MEDIANCUT) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(seconds_per_frame * 1000), loop=0,
-                   optimize=False)
+    images[0].save(
+        path, save_all=True, append_images=images[1:], duration=int(seconds_per_frame * 1000), loop=0, optimize=False
+    )
     return path
 
 
 def format_summary(s: ReplaySummary) -> str:
     """The summary as printable lines: counts, drops, timings, speed, metrics and files."""
     lines = [f'replayed {s.bag} -> {s.out_bag} ({s.pose_source} pose)']
-    lines.append(f'  synchroniser: {s.sync_inputs} messages in -> {s.sets} synchronised sets; '
-                 f'message drops {s.sync_drops or "none"}')
+    lines.append(
+        f'  synchroniser: {s.sync_inputs} messages in -> {s.sets} synchronised sets; '
+        f'message drops {s.sync_drops or "none"}'
+    )
     for key, n in s.sync_drops_by_stream.items():
         lines.append(f'    {key}: {n}')
-    lines.append(f'  frames: {s.sets} sets -> {s.frames_out} outputs + {sum(s.frame_drops.values())} dropped '
-                 f'{s.frame_drops or ""}'.rstrip())
+    lines.append(
+        f'  frames: {s.sets} sets -> {s.frames_out} outputs + {sum(s.frame_drops.values())} dropped '
+        f'{s.frame_drops or ""}'.rstrip()
+    )
     lines.append('  output messages: ' + ', '.join(f'{t} {n}' for t, n in s.out_counts.items()))
     lines.append('  stage timings [ms]        count   median      p90')
     for k, v in s.timings_ms.items():
         lines.append(f'    {k:<24}{v["count"]:>6} {v["median"]:>8.1f} {v["p90"]:>8.1f}')
     d = s.to_dict()
-    lines.append(f'  speed: {s.frames_out} frames in {s.wall_seconds:.1f} s = {s.frames_per_second:.2f} frames/s '
-                 f'(x{d["vs_keyframes_2hz"]:.2f} the 2 Hz keyframe rate, x{d["vs_camera_12hz"]:.2f} the 12 Hz '
-                 f'camera rate; {s.bag_seconds:.1f} s of bag, real-time factor '
-                 f'{d["realtime_factor"] or 0:.2f})')
+    lines.append(
+        f'  speed: {s.frames_out} frames in {s.wall_seconds:.1f} s = {s.frames_per_second:.2f} frames/s '
+        f'(x{d["vs_keyframes_2hz"]:.2f} the 2 Hz keyframe rate, x{d["vs_camera_12hz"]:.2f} the 12 Hz '
+        f'camera rate; {s.bag_seconds:.1f} s of bag, real-time factor '
+        f'{d["realtime_factor"] or 0:.2f})'
+    )
     if s.metrics is not None:
         m = s.metrics
 
@@ -638,8 +703,10 @@ def format_summary(s: ReplaySummary) -> str:
             return '-' if v is None else f'{100 * v:.2f}'
 
         mave = '-' if m.get('mave') is None else f'{m["mave"]:.3f} m/s'
-        lines.append(f'  metrics over {s.scored} of {s.gt_frames} ground-truth frames: mIoU {pct(m.get("miou"))}, '
-                     f'RayIoU {pct(m.get("ray_iou"))}, mAVE {mave}')
+        lines.append(
+            f'  metrics over {s.scored} of {s.gt_frames} ground-truth frames: mIoU {pct(m.get("miou"))}, '
+            f'RayIoU {pct(m.get("ray_iou"))}, mAVE {mave}'
+        )
     for note in s.notes:
         lines.append(f'  note: {note}')
     for kind, path in s.files.items():
@@ -651,8 +718,15 @@ def format_summary(s: ReplaySummary) -> str:
     return '\n'.join(lines)
 
 
-def run_replay(bag: str | os.PathLike[str], model: str | os.PathLike[str], config: Any, backend: str,
-               out: str | os.PathLike[str], threads: int = 0, **kwargs: Any) -> ReplaySummary:
+def run_replay(
+    bag: str | os.PathLike[str],
+    model: str | os.PathLike[str],
+    config: Any,
+    backend: str,
+    out: str | os.PathLike[str],
+    threads: int = 0,
+    **kwargs: Any,
+) -> ReplaySummary:
     """Load the model and :func:`replay` (the ``replay`` command). ``kwargs`` go to :class:`ReplayOptions`.
 
     Raises:

@@ -65,8 +65,22 @@ def setup(tmp_path_factory):
     cfg = get_config('tiny', history=2)
     onnx = export_onnx(_biased_net(cfg), root / 'tiny_k2.onnx')
     out = root / 'out'
-    status = cli_main(['replay', str(bag), '--model', str(onnx), '--out', str(out), '--gif', '--panel-frames', '1',
-                       '--threads', '2', '--quiet'])
+    status = cli_main(
+        [
+            'replay',
+            str(bag),
+            '--model',
+            str(onnx),
+            '--out',
+            str(out),
+            '--gif',
+            '--panel-frames',
+            '1',
+            '--threads',
+            '2',
+            '--quiet',
+        ]
+    )
     assert status == 0
     return root, bag, onnx, out
 
@@ -79,17 +93,28 @@ def _types():
 
 
 def _image(types, cam, stamp):
-    return types.make('sensor_msgs/msg/CompressedImage', header=types.header(stamp, cam), format='jpeg',
-                      data=np.zeros(4, np.uint8))
+    return types.make(
+        'sensor_msgs/msg/CompressedImage', header=types.header(stamp, cam), format='jpeg', data=np.zeros(4, np.uint8)
+    )
 
 
 def _info(types, cam, stamp):
     k = np.array([400.0, 0, 160, 0, 400.0, 90, 0, 0, 1])
     p = np.zeros(12)
-    return types.make('sensor_msgs/msg/CameraInfo', header=types.header(stamp, cam), height=180, width=320,
-                      distortion_model='plumb_bob', d=np.zeros(5), k=k, r=np.eye(3).reshape(9), p=p, binning_x=0,
-                      binning_y=0, roi=types.make('sensor_msgs/msg/RegionOfInterest', x_offset=0, y_offset=0,
-                                                  height=0, width=0, do_rectify=False))
+    return types.make(
+        'sensor_msgs/msg/CameraInfo',
+        header=types.header(stamp, cam),
+        height=180,
+        width=320,
+        distortion_model='plumb_bob',
+        d=np.zeros(5),
+        k=k,
+        r=np.eye(3).reshape(9),
+        p=p,
+        binning_x=0,
+        binning_y=0,
+        roi=types.make('sensor_msgs/msg/RegionOfInterest', x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+    )
 
 
 def _vec(types, v):
@@ -99,22 +124,37 @@ def _vec(types, v):
 def _tf_static(types, cams):
     tfs = []
     for i, cam in enumerate(cams):
-        tr = types.make('geometry_msgs/msg/Transform', translation=_vec(types, (1.0, 0.1 * i, 1.5)),
-                        rotation=types.make('geometry_msgs/msg/Quaternion', x=-0.5, y=0.5, z=-0.5, w=0.5))
-        tfs.append(types.make('geometry_msgs/msg/TransformStamped', header=types.header(0, 'base_link'),
-                              child_frame_id=cam, transform=tr))
+        tr = types.make(
+            'geometry_msgs/msg/Transform',
+            translation=_vec(types, (1.0, 0.1 * i, 1.5)),
+            rotation=types.make('geometry_msgs/msg/Quaternion', x=-0.5, y=0.5, z=-0.5, w=0.5),
+        )
+        tfs.append(
+            types.make(
+                'geometry_msgs/msg/TransformStamped',
+                header=types.header(0, 'base_link'),
+                child_frame_id=cam,
+                transform=tr,
+            )
+        )
     return types.make('tf2_msgs/msg/TFMessage', transforms=tfs)
 
 
 def _odom(types, stamp, x, vx, nan=False):
     pos = types.make('geometry_msgs/msg/Point', x=float('nan') if nan else x, y=0.0, z=0.0)
-    pose = types.make('geometry_msgs/msg/Pose', position=pos,
-                      orientation=types.make('geometry_msgs/msg/Quaternion', x=0.0, y=0.0, z=0.0, w=1.0))
+    pose = types.make(
+        'geometry_msgs/msg/Pose',
+        position=pos,
+        orientation=types.make('geometry_msgs/msg/Quaternion', x=0.0, y=0.0, z=0.0, w=1.0),
+    )
     twist = types.make('geometry_msgs/msg/Twist', linear=_vec(types, (vx, 0, 0)), angular=_vec(types, (0, 0, 0)))
-    return types.make('nav_msgs/msg/Odometry', header=types.header(stamp, 'map'), child_frame_id='base_link',
-                      pose=types.make('geometry_msgs/msg/PoseWithCovariance', pose=pose, covariance=np.zeros(36)),
-                      twist=types.make('geometry_msgs/msg/TwistWithCovariance', twist=twist,
-                                       covariance=np.zeros(36)))
+    return types.make(
+        'nav_msgs/msg/Odometry',
+        header=types.header(stamp, 'map'),
+        child_frame_id='base_link',
+        pose=types.make('geometry_msgs/msg/PoseWithCovariance', pose=pose, covariance=np.zeros(36)),
+        twist=types.make('geometry_msgs/msg/TwistWithCovariance', twist=twist, covariance=np.zeros(36)),
+    )
 
 
 def test_assembler_accounts_for_every_message_and_every_set():
@@ -280,8 +320,11 @@ def test_metrics_equal_a_direct_computation_on_the_bagged_predictions(setup):
             for tf in m.msg.transforms:
                 poses.append((stamp_to_ns(tf.header.stamp), Transform.from_msg(tf.transform).matrix()))
         elif m.topic == '/tf_static':
-            lidar = [tuple(Transform.from_msg(t.transform).translation) for t in m.msg.transforms
-                     if t.child_frame_id == 'lidar_top'][0]
+            lidar = [
+                tuple(Transform.from_msg(t.transform).translation)
+                for t in m.msg.transforms
+                if t.child_frame_id == 'lidar_top'
+            ][0]
     pose_at = dict(poses)
     scene = np.stack([pose_at[s] for s in sorted(gts)])
     miou, rays = MIoU(), RayMetrics()
@@ -364,8 +407,18 @@ def test_bad_frames_are_counted_and_the_replay_goes_on(setup, tmp_path):
     cfg = get_config('tiny', history=2)
     net = load_model(onnx, cfg, threads=2)
     with OccPipeline(net, cfg) as pipeline:
-        summary = replay(ReplayOptions(bag=broken, out=tmp_path / 'o', assembly=AssemblyConfig(pose_source='tf'),
-                                       markers_rate=0.0, panels=0, max_frames=5, progress=False), pipeline)
+        summary = replay(
+            ReplayOptions(
+                bag=broken,
+                out=tmp_path / 'o',
+                assembly=AssemblyConfig(pose_source='tf'),
+                markers_rate=0.0,
+                panels=0,
+                max_frames=5,
+                progress=False,
+            ),
+            pipeline,
+        )
     assert summary.frame_drops == {'missing_calibration': 1, 'decode_error': 1}
     assert summary.sets >= 5 and summary.frames_out == summary.sets - 2
     assert summary.out_counts['occupancy/markers'] == 0

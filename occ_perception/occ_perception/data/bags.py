@@ -122,8 +122,9 @@ class BagWriter:
     ) -> None:
         self._writer.__exit__(exc_type, exc, tb)
 
-    def add_topic(self, topic: str, msgtype: str, latched: bool = False, msgdef: str | None = None,
-                  rihs01: str | None = None) -> None:
+    def add_topic(
+        self, topic: str, msgtype: str, latched: bool = False, msgdef: str | None = None, rihs01: str | None = None
+    ) -> None:
         """Declare ``topic`` (absolute name) of ``msgtype`` (full name, e.g. ``sensor_msgs/msg/CameraInfo``).
 
         Args:
@@ -146,8 +147,7 @@ class BagWriter:
             )
         else:
             if msgtype not in self.typestore.types:
-                raise BagError(f'BagWriter.add_topic: {msgtype!r} is not a message type of the {self.distro} '
-                               'typestore')
+                raise BagError(f'BagWriter.add_topic: {msgtype!r} is not a message type of the {self.distro} typestore')
             self._connections[topic] = self._writer.add_connection(
                 topic, msgtype, typestore=self.typestore, offered_qos_profiles=[qos]
             )

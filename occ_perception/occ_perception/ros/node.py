@@ -1,23 +1,276 @@
-"""The ``occ_node`` entry point (rclpy).
+"""The ``occ_node`` entry point: rclpy glue over the ROS-free :mod:`.logic` and :mod:`.params` (topics: DESIGN.md 4).
 
-The node itself is not written yet: the ROS-free parts it will glue together
-(rig, geometry, messages, network, temporal cache, pipeline) come first. Until
-then ``occ_node`` exits with a clear message instead of pretending to run.
+Six cameras (and ``odom``) through message_filters' ApproximateTimeSynchronizer, whose callback runs under its
+lock and only hands the frame to the inference thread (latest frame wins); ``<camera>/camera_info`` and
+``/tf_static`` for the rig; outputs ``occupancy/*`` and ``/diagnostics``; service ``~/reset``.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+from typing import Any
+
+from ..messages import MessageTypes
+from .logic import (
+    OUTPUT_TOPICS,
+    DropCounter,
+    FrameRunner,
+    FrameSlot,
+    NodeStats,
+    RawImage,
+    RigAssembler,
+    backend_precision,
+    build_pipeline,
+    diagnostic_array,
+    frame_from_set,
+    image_topic,
+    make_processor,
+    odometry_pose_at,
+)
+from .params import PARAMS, NodeParams, ParamError, ParamSpec, validate_params
+
+try:
+    import message_filters
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import Odometry
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rclpy.duration import Duration
+    from rclpy.exceptions import ParameterException
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.node import Node
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from rclpy.time import Time
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+    from std_srvs.srv import Trigger
+    from tf2_msgs.msg import TFMessage
+
+    ROS_IMPORT_ERROR: ImportError | None = None
+except ImportError as err:  # no ROS 2 sourced: main() says so; the module still imports for tests
+    ROS_IMPORT_ERROR = err
+    Node = object
+
+OUTPUT_QOS_DEPTH = 2
+
+
+class StartupError(RuntimeError):
+    """The node cannot start: an invalid parameter or a model that cannot be loaded."""
+
+
+def descriptor(spec: ParamSpec) -> Any:
+    """rcl_interfaces/ParameterDescriptor of a :class:`ParamSpec` (description, choices, range)."""
+    text = spec.description + (f' (one of {", ".join(spec.choices)})' if spec.choices else '')
+    desc = ParameterDescriptor(name=spec.name, description=text)
+    if spec.kind == 'integer' and spec.low is not None and spec.high is not None:
+        desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    elif spec.kind == 'double' and spec.low is not None and spec.high is not None:
+        desc.floating_point_range = [
+            FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)
+        ]
+    return desc
+
+
+class OccNode(Node):
+    """Subscriptions, publishers, service and timers of ``occ_node`` around a :class:`FrameRunner`."""
+
+    def __init__(self) -> None:
+        super().__init__('occ_node')
+        self.params = self._read_params()
+        p, log = self.params, self.get_logger()
+        self.types = MessageTypes.python_modules()
+        try:
+            self.pipeline, self.choice = build_pipeline(p)
+        except Exception as err:  # LogicError, PipelineError, TemporalError, ConfigError: all end the start
+            raise StartupError(str(err)) from err
+        log.info(self.choice.reason)
+        try:
+            import foxglove_msgs.msg  # noqa: F401
+
+            voxels = True
+        except ImportError:
+            voxels = False
+            log.info('foxglove_msgs is not installed: occupancy/voxels (foxglove_msgs/msg/VoxelGrid) is not published')
+        self.drops, self.stats = DropCounter(), NodeStats([*p.cameras] + (['odom'] if p.pose_source == 'odom' else []))
+        self.slot = FrameSlot(self.drops)
+        self.rigs = RigAssembler(p.cameras, p.ego_frame)
+        out_qos = QoSProfile(depth=OUTPUT_QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+        self.pubs = {
+            topic: self.create_publisher(self.types.resolve(msg_type), topic, out_qos)
+            for topic, msg_type in OUTPUT_TOPICS.items()
+            if voxels or not msg_type.startswith('foxglove')
+        }
+        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+
+        pose_at = self._odom_pose
+        if p.pose_source == 'tf':
+            import tf2_ros
+
+            self.tf_buffer = tf2_ros.Buffer()
+            self.tf_listener = tf2_ros.TransformListener(self.tf_buffer, self)
+            pose_at = self._tf_pose
+        convert = None
+        if p.image_transport == 'raw':
+            from cv_bridge import CvBridge
+
+            bridge = CvBridge()
+
+            def convert(msg: Any) -> RawImage:
+                return RawImage.from_array(msg.header, bridge.imgmsg_to_cv2(msg, desired_encoding='rgb8'), 'rgb8')
+
+        processor = make_processor(self.pipeline, self.types, p, voxels)
+        self.runner = FrameRunner(processor, self.rigs, pose_at, self.stats, self.drops, convert)
+
+        image_type = CompressedImage if p.image_transport == 'compressed' else Image
+        self.image_subs = []
+        for cam in p.cameras:
+            sub = message_filters.Subscriber(
+                self, image_type, image_topic(cam, p.image_transport), qos_profile=qos_profile_sensor_data
+            )
+            sub.registerCallback(self._on_image, cam)
+            self.image_subs.append(sub)
+            self.create_subscription(
+                CameraInfo,
+                f'{cam}/camera_info',
+                lambda msg, cam=cam: self.rigs.add_camera_info(cam, msg),
+                qos_profile_sensor_data,
+            )
+        if p.pose_source == 'odom':  # the ego pose is the 7th synchronised input
+            sub = message_filters.Subscriber(self, Odometry, 'odom', qos_profile=qos_profile_sensor_data)
+            sub.registerCallback(self._on_image, 'odom')
+            self.image_subs.append(sub)
+        self.sync = message_filters.ApproximateTimeSynchronizer(self.image_subs, p.sync_queue_size, p.sync_slop)
+        self.sync.registerCallback(self._on_set)
+        static_qos = QoSProfile(
+            depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
+        )
+        self.create_subscription(TFMessage, '/tf_static', self.rigs.add_transforms, static_qos)
+        self.create_service(Trigger, '~/reset', self._on_reset)
+        self.create_timer(p.diagnostics_period, self._on_timer)
+
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name='occ_inference', daemon=True)
+        self._worker.start()
+        log.info(
+            f'occ_node ready: {len(p.cameras)} cameras ({p.image_transport}), pose from {p.pose_source}, '
+            f'model {self.params.model or "shipped tiny_k2"}'
+        )
+
+    def _read_params(self) -> NodeParams:
+        values = {}
+        try:
+            for spec in PARAMS:
+                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor(spec)).value
+            return validate_params(values)
+        except (ParameterException, ParamError) as err:
+            raise StartupError(f'invalid parameter: {err}') from err
+
+    # --- callbacks (executor thread)
+
+    def _on_image(self, _msg: Any, name: str) -> None:
+        self.stats.arrived(name)
+
+    def _on_set(self, *images: Any) -> None:
+        """Under the synchroniser's lock: hand the frame over, never process it here."""
+        self.stats.frame()
+        self.slot.put(frame_from_set(self.params.cameras, images))
+
+    def _on_reset(self, _request: Any, response: Any) -> Any:
+        self.runner.request_reset()
+        response.success, response.message = True, 'the temporal cache is reset before the next frame'
+        return response
+
+    def _on_timer(self) -> None:
+        missing = self.rigs.missing()
+        if missing:
+            self.get_logger().warning('waiting for ' + ', '.join(missing), throttle_duration_sec=5.0)
+        cache = self.pipeline.cache
+        reports = self.stats.reports(
+            self.drops,
+            self.choice.backend,
+            backend_precision(self.choice, self.params),
+            None if cache is None else len(cache.entries),
+            missing,
+            self.runner.last_pose_problem,
+        )
+        self.diag_pub.publish(diagnostic_array(self.types, self.get_clock().now().nanoseconds, reports))
+
+    # --- pose sources (inference thread)
+
+    def _odom_pose(self, frame: Any) -> Any:
+        return odometry_pose_at(frame.odom, frame.stamp_ns, self.params.world_frame, self.params.ego_frame)
+
+    def _tf_pose(self, frame: Any) -> Any:
+        from ..geometry import Transform
+
+        t = self.tf_buffer.lookup_transform(
+            self.params.world_frame,
+            self.params.ego_frame,
+            Time(nanoseconds=frame.stamp_ns),
+            timeout=Duration(seconds=self.params.tf_timeout),
+        )
+        return Transform.from_msg(t.transform)
+
+    # --- inference thread
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            frame = self.slot.take(timeout=0.5)
+            if frame is None:
+                continue
+            messages, problem = self.runner.run(frame)
+            if problem is not None:
+                self.get_logger().warning(
+                    f'frame {frame.stamp_ns * 1e-9:.3f} s dropped: {problem}', throttle_duration_sec=2.0
+                )
+                continue
+            if self.runner.last_reset:
+                self.get_logger().info(f'temporal cache reset: {self.runner.last_reset}')
+            try:
+                for topic, msg in (messages or {}).items():
+                    if topic in self.pubs:
+                        self.pubs[topic].publish(msg)
+            except Exception as err:  # the context may be shut down under us on Ctrl-C
+                if not rclpy.ok():
+                    break
+                self.get_logger().error(f'publishing failed: {type(err).__name__}: {err}')
+
+    def close(self) -> None:
+        """Stop the inference thread (a pending frame counts as a 'shutdown' drop) and the decoders."""
+        self._stop.set()
+        self.slot.close()
+        self._worker.join(timeout=5.0)
+        self.pipeline.close()
+        self.pipeline.backend.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console script ``occ_node``; exits with status 2 and says why."""
-    print(
-        'occ_node: the ROS 2 node is not implemented in this version of occ_perception; '
-        'the ROS-free pipeline it will run is being built first (see README).',
-        file=sys.stderr,
-    )
-    return 2
+    """Console script ``occ_node``: 0 after Ctrl-C, 2 when ROS is missing or the node cannot start."""
+    if ROS_IMPORT_ERROR is not None:
+        print(
+            f'occ_node: ROS 2 Python packages are not importable ({ROS_IMPORT_ERROR}); source a Humble or Jazzy '
+            'setup.bash and the workspace first',
+            file=sys.stderr,
+        )
+        return 2
+    rclpy.init(args=argv)
+    try:
+        node = OccNode()
+    except StartupError as err:
+        print(f'occ_node: {err}', file=sys.stderr)
+        if rclpy.ok():
+            rclpy.shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
 
 
 if __name__ == '__main__':
