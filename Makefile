@@ -24,8 +24,8 @@ test: lint test-main test-compat
 
 # ruff (lint and format check; ruff.toml) and mypy (occ_perception/setup.cfg) over the whole package
 lint: $(STAMP)
-	$(VENV)/bin/ruff check occ_perception/occ_perception occ_perception/test occ_perception/launch
-	$(VENV)/bin/ruff format --check occ_perception/occ_perception occ_perception/test occ_perception/launch
+	$(VENV)/bin/ruff check occ_perception/occ_perception occ_perception/test occ_perception/launch occ_perception/examples
+	$(VENV)/bin/ruff format --check occ_perception/occ_perception occ_perception/test occ_perception/launch occ_perception/examples
 	cd occ_perception && ../$(VENV)/bin/mypy
 
 # pytest runs inside occ_perception/: from the repository root that folder (the ament
