@@ -302,17 +302,29 @@ class _Step(nn.Module):
 def _history_bev(
     net: OccNet, sample: TrainSample, tables: Mapping[str, torch.Tensor], device: torch.device
 ) -> torch.Tensor | None:
-    """(K, C_bev, Y, X): the network's own BEV features of the history frames (no gradient; zeros in empty slots)."""
+    """(K, C_bev, Y, X): the network's own BEV features of the history frames (no gradient; zeros in empty slots).
+
+    The frames are encoded as the run-time cache holds them: with the BatchNorm layers in eval mode (running
+    statistics, which these forwards leave unchanged), also while ``net`` trains. In train mode each history
+    frame would otherwise be normalised with its own batch statistics, a feature the cache never holds.
+    """
     cfg = net.config
     k = cfg.history
     if not k:
         return None
     x_size, y_size = cfg.bev_size
     out = torch.zeros((k, cfg.context_channels, y_size, x_size), device=device)
-    with torch.no_grad():
-        for slot in range(k):
-            if sample.history_valid[slot] > 0:
-                out[slot] = _encode(net, torch.from_numpy(sample.history_images[slot]).to(device), tables).float()
+    training_bn = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for module in training_bn:
+        module.eval()
+    try:
+        with torch.no_grad():
+            for slot in range(k):
+                if sample.history_valid[slot] > 0:
+                    out[slot] = _encode(net, torch.from_numpy(sample.history_images[slot]).to(device), tables).float()
+    finally:
+        for module in training_bn:
+            module.train()
     return out
 
 

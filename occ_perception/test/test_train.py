@@ -273,3 +273,40 @@ def test_tiny_model_overfits_two_samples(two_samples, tmp_path, one_thread):
 OVERFIT_STEPS = 150
 OVERFIT_FREEZE_BN = None
 OVERFIT_MIOU = 0.1
+
+
+def test_history_frames_are_encoded_as_the_runtime_cache_holds_them(two_samples, one_thread):
+    """While the network trains, history BEV features come from BatchNorm's running statistics (what an eval-mode
+    forward, hence the run-time cache, computes) and leave those statistics unchanged."""
+    from occ_perception.model.network import OccNet
+    from occ_perception.train import _history_bev, _sample_tensors
+
+    cfg = TrainConfig(model='tiny', history=2)
+    dataset, _ = load_datasets(cfg, two_samples)
+    sample = dataset.get(len(dataset) - 1)  # the second keyframe: the first is its history
+    slot = int(np.flatnonzero(sample.history_valid)[0])
+    torch.manual_seed(0)
+    net = OccNet(cfg.model_config())
+    net.train()
+    t = _sample_tensors(sample, torch.device('cpu'))
+    with torch.no_grad():  # running statistics of a few current frames, away from the initial (0, 1)
+        for _ in range(3):
+            net.encode_bev(t['images'], t['tables'])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    trained = _history_bev(net, sample, t['tables'], torch.device('cpu'))
+    assert all(m.training for m in net.modules())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    net.eval()
+    history_images = torch.from_numpy(sample.history_images[slot])
+    with torch.no_grad():  # the graph's bev_feature output: what the run-time cache stores
+        cached = net(
+            history_images,
+            *net.tables_from(t['tables']),
+            torch.zeros_like(trained),
+            t['history_theta'],
+            torch.zeros_like(t['history_valid']),
+        )[3]
+    assert float(cached.abs().max()) > 0
+    torch.testing.assert_close(trained[slot], cached, rtol=1e-4, atol=1e-5 * float(cached.abs().max()))
+    empty = torch.from_numpy(sample.history_valid == 0)
+    assert float(trained[empty].abs().sum()) == 0.0
