@@ -12,22 +12,7 @@ import threading
 from typing import Any
 
 from ..messages import MessageTypes
-from .logic import (
-    OUTPUT_TOPICS,
-    DropCounter,
-    FrameRunner,
-    FrameSlot,
-    NodeStats,
-    RawImage,
-    RigAssembler,
-    backend_precision,
-    build_pipeline,
-    diagnostic_array,
-    frame_from_set,
-    image_topic,
-    make_processor,
-    odometry_pose_at,
-)
+from . import logic
 from .params import PARAMS, NodeParams, ParamError, ParamSpec, validate_params
 
 try:
@@ -72,7 +57,7 @@ def descriptor(spec: ParamSpec) -> Any:
 
 
 class OccNode(Node):
-    """Subscriptions, publishers, service and timers of ``occ_node`` around a :class:`FrameRunner`."""
+    """Subscriptions, publishers, service and timers of ``occ_node`` around a :class:`logic.FrameRunner`."""
 
     def __init__(self) -> None:
         super().__init__('occ_node')
@@ -80,7 +65,7 @@ class OccNode(Node):
         p, log = self.params, self.get_logger()
         self.types = MessageTypes.python_modules()
         try:
-            self.pipeline, self.choice = build_pipeline(p)
+            self.pipeline, self.choice = logic.build_pipeline(p)
         except Exception as err:  # LogicError, PipelineError, TemporalError, ConfigError: all end the start
             raise StartupError(str(err)) from err
         log.info(self.choice.reason)
@@ -91,13 +76,14 @@ class OccNode(Node):
         except ImportError:
             voxels = False
             log.info('foxglove_msgs is not installed: occupancy/voxels (foxglove_msgs/msg/VoxelGrid) is not published')
-        self.drops, self.stats = DropCounter(), NodeStats([*p.cameras] + (['odom'] if p.pose_source == 'odom' else []))
-        self.slot = FrameSlot(self.drops)
-        self.rigs = RigAssembler(p.cameras, p.ego_frame)
+        self.drops = logic.DropCounter()
+        self.stats = logic.NodeStats([*p.cameras] + (['odom'] if p.pose_source == 'odom' else []))
+        self.slot = logic.FrameSlot(self.drops)
+        self.rigs = logic.RigAssembler(p.cameras, p.ego_frame)
         out_qos = QoSProfile(depth=OUTPUT_QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
         self.pubs = {
             topic: self.create_publisher(self.types.resolve(msg_type), topic, out_qos)
-            for topic, msg_type in OUTPUT_TOPICS.items()
+            for topic, msg_type in logic.OUTPUT_TOPICS.items()
             if voxels or not msg_type.startswith('foxglove')
         }
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -115,17 +101,17 @@ class OccNode(Node):
 
             bridge = CvBridge()
 
-            def convert(msg: Any) -> RawImage:
-                return RawImage.from_array(msg.header, bridge.imgmsg_to_cv2(msg, desired_encoding='rgb8'), 'rgb8')
+            def convert(msg: Any) -> logic.RawImage:
+                return logic.RawImage.from_array(msg.header, bridge.imgmsg_to_cv2(msg, desired_encoding='rgb8'), 'rgb8')
 
-        processor = make_processor(self.pipeline, self.types, p, voxels)
-        self.runner = FrameRunner(processor, self.rigs, pose_at, self.stats, self.drops, convert)
+        processor = logic.make_processor(self.pipeline, self.types, p, voxels)
+        self.runner = logic.FrameRunner(processor, self.rigs, pose_at, self.stats, self.drops, convert)
 
         image_type = CompressedImage if p.image_transport == 'compressed' else Image
         self.image_subs = []
         for cam in p.cameras:
             sub = message_filters.Subscriber(
-                self, image_type, image_topic(cam, p.image_transport), qos_profile=qos_profile_sensor_data
+                self, image_type, logic.image_topic(cam, p.image_transport), qos_profile=qos_profile_sensor_data
             )
             sub.registerCallback(self._on_image, cam)
             self.image_subs.append(sub)
@@ -173,7 +159,7 @@ class OccNode(Node):
     def _on_set(self, *images: Any) -> None:
         """Under the synchroniser's lock: hand the frame over, never process it here."""
         self.stats.frame()
-        self.slot.put(frame_from_set(self.params.cameras, images))
+        self.slot.put(logic.frame_from_set(self.params.cameras, images))
 
     def _on_reset(self, _request: Any, response: Any) -> Any:
         self.runner.request_reset()
@@ -188,17 +174,17 @@ class OccNode(Node):
         reports = self.stats.reports(
             self.drops,
             self.choice.backend,
-            backend_precision(self.choice, self.params),
+            logic.backend_precision(self.choice, self.params),
             None if cache is None else len(cache.entries),
             missing,
             self.runner.last_pose_problem,
         )
-        self.diag_pub.publish(diagnostic_array(self.types, self.get_clock().now().nanoseconds, reports))
+        self.diag_pub.publish(logic.diagnostic_array(self.types, self.get_clock().now().nanoseconds, reports))
 
     # --- pose sources (inference thread)
 
     def _odom_pose(self, frame: Any) -> Any:
-        return odometry_pose_at(frame.odom, frame.stamp_ns, self.params.world_frame, self.params.ego_frame)
+        return logic.odometry_pose_at(frame.odom, frame.stamp_ns, self.params.world_frame, self.params.ego_frame)
 
     def _tf_pose(self, frame: Any) -> Any:
         from ..geometry import Transform
