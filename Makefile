@@ -31,7 +31,7 @@ lint: $(STAMP)
 # pytest runs inside occ_perception/: from the repository root that folder (the ament
 # package, no __init__.py) would shadow the Python package of the same name.
 test-main: $(STAMP)
-	cd occ_perception && ../$(PY) -m pytest -q test
+	cd occ_perception && ../$(PY) -m pytest -q --durations=15 test
 
 $(COMPAT)/.installed: requirements-compat.txt occ_perception/setup.py occ_perception/test/requirements-devkit.txt
 	test -x $(COMPAT)/bin/python || $(PYTHON310) -m venv $(COMPAT)
@@ -46,7 +46,7 @@ test-compat:
 else
 test-compat: $(COMPAT)/.installed
 	$(COMPAT)/bin/python -c "import sys, numpy; print('compat run: Python', sys.version.split()[0], 'numpy', numpy.__version__)"
-	cd occ_perception && ../$(COMPAT)/bin/python -m pytest -q test
+	cd occ_perception && ../$(COMPAT)/bin/python -m pytest -q --durations=10 test
 endif
 
 # one synthetic 20 s scene (12 Hz sweeps, seed 3000) -> bag -> replay with models/tiny_k2 -> demo_out/
