@@ -175,13 +175,13 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Splat and end-to-end timings on onnxruntime CPU (medians of repeats in one run)."""
-    from .runtime.bench import run_bench
-
     for name in ('repeats', 'm0_repeats'):
         if getattr(args, name) < 1:
             raise CliError(f'--{name.replace("_", "-")}: expected at least 1, got {getattr(args, name)}')
     if args.threads < 0:
         raise CliError(f'--threads: expected 0 (default) or more, got {args.threads}')
+    from .runtime.bench import run_bench  # imports torch: after the argument checks
+
     run_bench(repeats=args.repeats, m0_repeats=args.m0_repeats, threads=args.threads, skip_m0=args.skip_m0)
     return 0
 
