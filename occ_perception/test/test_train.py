@@ -274,9 +274,9 @@ def test_tiny_model_overfits_two_samples(two_samples, tmp_path, one_thread):
 
 
 # What a short overfitting run reaches. The goal is mIoU >= 0.9 within 2 minutes; measured here (shared 2-core
-# machine, ~90 s): 150 steps give 0.156 (train loss 0.26 -> 0.027), 300 steps 0.45 (loss 0.010), equal in eval and
-# train mode since tiny uses GroupNorm (with BatchNorm: 0.14 after 150 steps, and after 500 steps 0.35 in eval mode against 0.78 in train
-# mode), so this guards the reachable part only.
+# machine, ~90 s): 150 steps give 0.156 (train loss 0.26 -> 0.027), 300 steps 0.45 (loss 0.010), equal in eval
+# and train mode since tiny uses GroupNorm (with BatchNorm: 0.14 after 150 steps, and after 500 steps 0.35 in
+# eval mode against 0.78 in train mode), so this guards the reachable part only.
 OVERFIT_STEPS = 150
 OVERFIT_FREEZE_BN = None
 OVERFIT_MIOU = 0.14
