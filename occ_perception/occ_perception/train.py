@@ -98,6 +98,7 @@ class TrainConfig:
             statistics, so training adapts to what evaluation computes (None = never; 0 suits fine-tuning
             a trained network). The network sees one frame per forward, so BatchNorm in training uses one
             sample's statistics; on tiny data sets these differ from the running averages used at run time.
+            No effect on configs with GroupNorm (``ModelConfig.norm == 'group'``, e.g. ``tiny``).
     """
 
     model: str = 'tiny'

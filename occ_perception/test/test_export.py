@@ -88,6 +88,8 @@ def test_export_graph_interface_and_ops(exports: dict, name: str, history: int) 
     assert all(o.domain in ('', 'ai.onnx') for o in model.opset_import)
     assert ('GridSample' in ops) == bool(history)
     assert 'AffineGrid' not in ops
+    # GroupNorm (tiny) exports at opset 17 as Reshape - InstanceNormalization - Reshape - Mul - Add
+    assert ('InstanceNormalization' in ops) == (net.config.norm == 'group')
     # table lengths and the camera count are dynamic
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     assert isinstance(dims['images'][0], str) and dims['images'][1:] == [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from occ_perception.model.flashocc import (
     load_flashocc_checkpoint,
 )
 from occ_perception.model.network import OccNet
+from occ_perception.model.norm import NormError, group_count, norm2d
 
 # FlashOCC's state_dict keys and shapes (M0 and M1), kept in the repository so the test runs in any clone
 STATE_DICT_JSON = Path(__file__).resolve().parent / 'fixtures' / 'flashocc_state_dict.json'
@@ -181,3 +183,82 @@ def test_forward_rejects_missing_or_unexpected_history() -> None:
         single.predict(images, tables, history_bev=torch.zeros(1, 32, 200, 200))
     with pytest.raises(NetworkInputError, match='splat_reduce_2'):
         single.encode_bev(images, {k: v for k, v in tables.items() if k != 'splat_reduce_2'})
+
+
+def _feeds(net: OccNet, seed: int) -> dict[str, torch.Tensor]:
+    from occ_perception.runtime.export import sample_inputs
+
+    return {k: torch.from_numpy(v) for k, v in sample_inputs(net, seed=seed).items()}
+
+
+@pytest.mark.parametrize('history', [0, 2])
+def test_tiny_computes_the_same_in_train_and_eval_mode(history: int) -> None:
+    """tiny uses GroupNorm: per-sample statistics in both modes, so the exported (eval-mode) graph computes
+    what training computed. The same weights with BatchNorm differ between the modes (the failure it fixes)."""
+    torch.set_num_threads(1)
+    cfg = get_config('tiny', history=history)
+    assert cfg.norm == 'group'
+    outputs = {}
+    for norm in ('group', 'batch'):
+        torch.manual_seed(0)
+        net = OccNet(replace(cfg, norm=norm))
+        for module in net.modules():  # non-trivial affine parameters, as after training
+            if isinstance(module, (torch.nn.GroupNorm, torch.nn.BatchNorm2d)):
+                torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+                torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+        feeds = _feeds(net, seed=5)
+        hist = [feeds.get(n) for n in ('history_bev', 'history_theta', 'history_valid')]
+        with torch.no_grad():
+            net.train()
+            train_out = net.predict(feeds['images'], feeds, *hist)
+            net.eval()
+            eval_out = net.predict(feeds['images'], feeds, *hist)
+        outputs[norm] = (train_out, eval_out)
+    (logits_t, flow_t, bev_t), (logits_e, flow_e, bev_e) = outputs['group']
+    assert flow_t is not None and flow_e is not None
+    assert float(bev_t.abs().max()) > 0 and float(logits_t.std()) > 0
+    torch.testing.assert_close(bev_e, bev_t, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits_e, logits_t, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flow_e, flow_t, rtol=1e-5, atol=1e-5)
+    assert torch.equal(logits_t.argmax(-1), logits_e.argmax(-1))
+    (logits_bt, _, _), (logits_be, _, _) = outputs['batch']
+    assert float((logits_bt - logits_be).abs().max()) > 1e-2
+
+
+def test_group_norm_keeps_the_batch_norm_parameter_names() -> None:
+    group = OccNet(get_config('tiny')).state_dict()
+    batch = OccNet(replace(get_config('tiny'), norm='batch')).state_dict()
+    stats = ('.running_mean', '.running_var', '.num_batches_tracked')
+    assert not any(k.endswith(stats) for k in group)
+    assert sorted(group) == sorted(k for k in batch if not k.endswith(stats))
+    assert all(group[k].shape == batch[k].shape for k in group)
+    norms = [m for m in OccNet(get_config('tiny')).modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) > 20 and all(m.num_channels // m.num_groups >= 4 for m in norms)
+    for name in ('flashocc-m0', 'flashocc-m1'):
+        assert get_config(name).norm == 'batch'  # FlashOCC checkpoints import by key (430 keys, tested above)
+
+
+def test_group_count_and_norm_errors() -> None:
+    assert [group_count(c) for c in (16, 32, 64, 128, 256, 24, 20, 6, 2)] == [4, 8, 16, 32, 32, 6, 5, 1, 1]
+    assert isinstance(norm2d('group', 48), torch.nn.GroupNorm) and norm2d('group', 48).num_groups == 12
+    with pytest.raises(NormError, match="'layer'"):
+        norm2d('layer', 16)
+    with pytest.raises(ConfigError, match='norm'):
+        replace(get_config('tiny'), norm='instance')
+
+
+def test_checkpoint_of_another_normalisation_is_rejected(tmp_path: Path) -> None:
+    from occ_perception.model.checkpoint import save_checkpoint
+
+    batch_tiny = OccNet(replace(get_config('tiny'), norm='batch'))
+    path = tmp_path / 'tiny_bn.pt'
+    save_checkpoint(batch_tiny, path)
+    with pytest.raises(ModelCheckpointError, match="'batch' normalisation.*'group'"):
+        load_checkpoint(path)
+    data = torch.load(path, weights_only=True)
+    del data['norm']  # written before the field existed: told apart by the running statistics
+    torch.save(data, path)
+    with pytest.raises(ModelCheckpointError, match="'batch' normalisation"):
+        load_checkpoint(path)
+    save_checkpoint(OccNet(get_config('tiny')), path)
+    assert load_checkpoint(path).config.norm == 'group'

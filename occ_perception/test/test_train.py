@@ -274,11 +274,12 @@ def test_tiny_model_overfits_two_samples(two_samples, tmp_path, one_thread):
 
 
 # What a short overfitting run reaches. The goal is mIoU >= 0.9 within 2 minutes; measured here (shared 2-core
-# machine): 150 steps give 0.14 (train loss 0.26 -> 0.028), 500 steps 0.35 in eval mode while the same weights
-# score 0.78 with per-sample BatchNorm statistics (train mode), so this guards the reachable part only.
+# machine, ~90 s): 150 steps give 0.156 (train loss 0.26 -> 0.027), 300 steps 0.45 (loss 0.010), equal in eval
+# and train mode since tiny uses GroupNorm (with BatchNorm: 0.14 after 150 steps, and after 500 steps 0.35 in
+# eval mode against 0.78 in train mode), so this guards the reachable part only.
 OVERFIT_STEPS = 150
 OVERFIT_FREEZE_BN = None
-OVERFIT_MIOU = 0.1
+OVERFIT_MIOU = 0.14
 
 
 def test_history_frames_are_encoded_as_the_runtime_cache_holds_them(two_samples, one_thread):
@@ -292,7 +293,7 @@ def test_history_frames_are_encoded_as_the_runtime_cache_holds_them(two_samples,
     sample = dataset.get(len(dataset) - 1)  # the second keyframe: the first is its history
     slot = int(np.flatnonzero(sample.history_valid)[0])
     torch.manual_seed(0)
-    net = OccNet(cfg.model_config())
+    net = OccNet(replace(cfg.model_config(), norm='batch'))  # tiny itself uses GroupNorm (no running statistics)
     net.train()
     t = _sample_tensors(sample, torch.device('cpu'))
     with torch.no_grad():  # running statistics of a few current frames, away from the initial (0, 1)

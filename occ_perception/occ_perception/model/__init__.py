@@ -3,6 +3,7 @@
 Modules, each readable in one sitting:
 
 - :mod:`.config`: :class:`ModelConfig` and the named configs (``flashocc-m0``, ``flashocc-m1``, ``tiny``).
+- :mod:`.norm`: the normalisation layer (BatchNorm or GroupNorm).
 - :mod:`.backbone`: ResNet image encoder and image neck.
 - :mod:`.splat_tables`: the view transform's splat tables, built on the host with numpy only.
 - :mod:`.splat`: :class:`Splat`, the torch module that runs those tables in the graph.

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norm import norm2d
+
 __all__ = ['BasicBlock', 'Bottleneck', 'ConvBias', 'ImageNeck', 'ResNet']
 
 
@@ -22,16 +24,16 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_ch: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_ch: int, planes: int, stride: int = 1, norm: str = 'batch') -> None:
         super().__init__()
         out = planes * self.expansion
         self.conv1 = nn.Conv2d(in_ch, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm2d(norm, planes)
         self.conv2 = nn.Conv2d(planes, out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out)
+        self.bn2 = norm2d(norm, out)
         self.downsample = None
         if stride != 1 or in_ch != out:
-            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out, 1, stride, bias=False), norm2d(norm, out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -44,18 +46,18 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_ch: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_ch: int, planes: int, stride: int = 1, norm: str = 'batch') -> None:
         super().__init__()
         out = planes * self.expansion
         self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm2d(norm, planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm2d(norm, planes)
         self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
+        self.bn3 = norm2d(norm, out)
         self.downsample = None
         if stride != 1 or in_ch != out:
-            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out, 1, stride, bias=False), norm2d(norm, out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -71,6 +73,7 @@ class ResNet(nn.Module):
         blocks: residual blocks per stage, e.g. (3, 4, 6, 3) for R50.
         bottleneck: Bottleneck (R50) or BasicBlock (R18) blocks.
         width: stem / first-stage channels (64 in torchvision).
+        norm: ``'batch'`` (BatchNorm, torchvision/FlashOCC) or ``'group'`` (GroupNorm); see :mod:`.norm`.
 
     forward: (N, 3, H, W) -> ((N, C3, H/16, W/16), (N, C4, H/32, W/32)).
     """
@@ -80,17 +83,19 @@ class ResNet(nn.Module):
     layer3: nn.Sequential
     layer4: nn.Sequential
 
-    def __init__(self, blocks: tuple[int, int, int, int], bottleneck: bool = True, width: int = 64) -> None:
+    def __init__(
+        self, blocks: tuple[int, int, int, int], bottleneck: bool = True, width: int = 64, norm: str = 'batch'
+    ) -> None:
         super().__init__()
         block = Bottleneck if bottleneck else BasicBlock
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = norm2d(norm, width)
         in_ch = width
         for i, n in enumerate(blocks):
             planes = width * 2**i
             layers = []
             for j in range(n):
-                layers.append(block(in_ch, planes, 2 if (j == 0 and i > 0) else 1))
+                layers.append(block(in_ch, planes, 2 if (j == 0 and i > 0) else 1, norm))
                 in_ch = planes * block.expansion
             setattr(self, f'layer{i + 1}', nn.Sequential(*layers))
         self.out_channels = (width * 4 * block.expansion, width * 8 * block.expansion)

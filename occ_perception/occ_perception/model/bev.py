@@ -12,6 +12,9 @@ Layout: BEV maps are (B, C, Y, X) with x along the width (B = 1 frame).
 - :class:`BevNeck`: FlashOCC's FPN_LSS: concat stage 1 with stage 3 upsampled x4
   (bilinear, align_corners=True), conv-BN-ReLU x2 at 2C', bilinear x2, conv-BN-ReLU
   to C', 1x1 conv with bias -> (1, C', Y, X).
+
+``norm`` ('batch' as FlashOCC, or 'group'; :mod:`.norm`) picks the layer under the ``bn*`` and
+``conv.{1,4}`` / ``up2.2`` names.
 """
 
 from __future__ import annotations
@@ -20,18 +23,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norm import norm2d
+
 __all__ = ['BevBlock', 'BevEncoder', 'BevNeck', 'HistoryWarp']
 
 
 class BevBlock(nn.Module):
     """BasicBlock of the BEV encoder (mmdet names); ``downsample`` is a plain conv with bias."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, norm: str = 'batch') -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.bn1 = norm2d(norm, out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.bn2 = norm2d(norm, out_ch)
         self.downsample = (
             nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=True) if (stride != 1 or in_ch != out_ch) else None
         )
@@ -48,11 +53,11 @@ class BevEncoder(nn.Module):
     forward: (1, in_ch, Y, X) -> list of the 3 stage outputs.
     """
 
-    def __init__(self, in_ch: int, channels: tuple[int, int, int], blocks: int = 2) -> None:
+    def __init__(self, in_ch: int, channels: tuple[int, int, int], blocks: int = 2, norm: str = 'batch') -> None:
         super().__init__()
         stages = []
         for out_ch in channels:
-            stage = [BevBlock(in_ch, out_ch, 2)] + [BevBlock(out_ch, out_ch, 1) for _ in range(blocks - 1)]
+            stage = [BevBlock(in_ch, out_ch, 2, norm)] + [BevBlock(out_ch, out_ch, 1, norm) for _ in range(blocks - 1)]
             stages.append(nn.Sequential(*stage))
             in_ch = out_ch
         self.layers = nn.ModuleList(stages)
@@ -71,21 +76,21 @@ class BevNeck(nn.Module):
     Parameter names: ``conv.{0,1,3,4}`` and ``up2.{1,2,4}`` (ReLUs and upsamplers hold none).
     """
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, norm: str = 'batch') -> None:
         super().__init__()
         mid = out_ch * 2
         self.conv = nn.Sequential(
             nn.Conv2d(in_ch, mid, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(mid),
+            norm2d(norm, mid),
             nn.ReLU(inplace=True),
             nn.Conv2d(mid, mid, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(mid),
+            norm2d(norm, mid),
             nn.ReLU(inplace=True),
         )
         self.up2 = nn.Sequential(
             nn.Upsample(scale_factor=2.0, mode='bilinear', align_corners=True),
             nn.Conv2d(mid, out_ch, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(out_ch),
+            norm2d(norm, out_ch),
             nn.ReLU(inplace=True),
             nn.Conv2d(out_ch, out_ch, 1, 1, 0, bias=True),
         )

@@ -1,4 +1,7 @@
-"""Our own checkpoint format: ``{'format', 'config', 'history', 'history_offsets', 'flow_head', 'state_dict'}``.
+"""Our own checkpoint format: ``{'format', 'config', 'history', 'history_offsets', 'flow_head', 'norm', 'state_dict'}``.
+
+``norm`` (the config's normalisation, ``'batch'`` or ``'group'``) was added later; a checkpoint without it
+holds BatchNorm layers if its state dict has ``running_mean`` entries.
 
 Only plain types and tensors, so it loads with ``torch.load(weights_only=True)``.
 """
@@ -22,7 +25,7 @@ class ModelCheckpointError(ValueError):
 
 
 def save_checkpoint(net: OccNet, path: str | os.PathLike[str]) -> None:
-    """Write ``net``'s config name, history settings and state dict to ``path``."""
+    """Write ``net``'s config name, history settings, normalisation and state dict to ``path``."""
     cfg = net.config
     torch.save(
         {
@@ -31,6 +34,7 @@ def save_checkpoint(net: OccNet, path: str | os.PathLike[str]) -> None:
             'history': cfg.history,
             'history_offsets': list(cfg.history_offsets),
             'flow_head': cfg.flow_head,
+            'norm': cfg.norm,
             'state_dict': net.state_dict(),
         },
         os.fspath(path),
@@ -45,7 +49,8 @@ def load_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None = N
         config: if given, the checkpoint must match its name, history and flow head.
 
     Raises:
-        ModelCheckpointError: unreadable, another format, or a config mismatch.
+        ModelCheckpointError: unreadable, another format, a config mismatch, or weights of another
+            normalisation than the config's (e.g. a ``tiny`` trained before it used GroupNorm).
     """
     try:
         data = torch.load(os.fspath(path), map_location='cpu', weights_only=True)
@@ -71,9 +76,17 @@ def load_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None = N
             f'checkpoint {os.fspath(path)!r}: holds {stored.name} history={stored.history} flow_head={stored.flow_head}, '
             f'requested {config.name} history={config.history} flow_head={config.flow_head}'
         )
+    state = data['state_dict']
+    norm = data.get('norm') or ('batch' if any(k.endswith('.running_mean') for k in state) else 'group')
+    wanted = (config or stored).norm
+    if norm != wanted:
+        raise ModelCheckpointError(
+            f'checkpoint {os.fspath(path)!r}: holds {norm!r} normalisation layers, config {stored.name} uses '
+            f'{wanted!r} (weights trained with another normalisation: retrain or fine-tune with --init)'
+        )
     net = OccNet(config or stored)
     try:
-        net.load_state_dict(data['state_dict'], strict=True)
+        net.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ModelCheckpointError(f'checkpoint {os.fspath(path)!r}: state dict does not fit: {err}') from err
     return net

@@ -19,7 +19,10 @@ import numpy as np
 
 from ..grid import NUM_CLASSES, OCC3D_GRID, GridSpec
 
-__all__ = ['CONFIGS', 'ConfigError', 'ModelConfig', 'get_config']
+__all__ = ['CONFIGS', 'NORMS', 'ConfigError', 'ModelConfig', 'get_config']
+
+NORMS: tuple[str, ...] = ('batch', 'group')
+"""The values of :attr:`ModelConfig.norm` (:mod:`.norm` builds the layers)."""
 
 
 class ConfigError(ValueError):
@@ -54,6 +57,10 @@ class ModelConfig:
         history: K cached BEV features concatenated before the BEV encoder (0 = single frame).
         history_offsets: the trained time offsets of the K history slots [s] before the current frame.
         image_mean, image_std: RGB normalisation (0-255 scale).
+        norm: normalisation layer of the image backbone, BEV encoder and BEV neck (:mod:`.norm`):
+            ``'batch'`` (BatchNorm, FlashOCC's, needed to import FlashOCC checkpoints) or ``'group'``
+            (GroupNorm: per-sample statistics, so train and eval mode compute the same; for configs
+            trained from scratch at one frame per forward).
     """
 
     name: str
@@ -79,6 +86,7 @@ class ModelConfig:
     history_offsets: tuple[float, ...] = ()
     image_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     image_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    norm: str = 'batch'
 
     def __post_init__(self) -> None:
         w, h = self.image_size
@@ -101,6 +109,8 @@ class ModelConfig:
             )
         if self.bev_z_range[1] <= self.bev_z_range[0]:
             raise ConfigError(f'{self.name}: bev_z_range must be increasing, got {self.bev_z_range}')
+        if self.norm not in NORMS:
+            raise ConfigError(f'{self.name}: norm must be one of {NORMS}, got {self.norm!r}')
         if len(self.bev_channels) != 3:
             raise ConfigError(f'{self.name}: bev_channels needs 3 stage widths, got {self.bev_channels}')
 
@@ -164,6 +174,7 @@ _TINY = ModelConfig(
     context_channels=32,
     bev_channels=(32, 64, 128),
     head_channels=16,
+    norm='group',
 )
 
 CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (_M0, _M1, _TINY)}

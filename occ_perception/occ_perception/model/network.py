@@ -99,14 +99,18 @@ class OccNet(nn.Module):
         self.config = config
         self.register_buffer('image_mean', torch.tensor(config.image_mean).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer('image_std', torch.tensor(config.image_std).reshape(1, 3, 1, 1), persistent=False)
-        self.img_backbone = ResNet(config.blocks, config.bottleneck, config.backbone_width)
+        self.img_backbone = ResNet(config.blocks, config.bottleneck, config.backbone_width, config.norm)
         self.img_neck = ImageNeck(config.stage_channels[2:], config.neck_channels)  # type: ignore[arg-type]
         self.img_view_transformer = ViewTransformer(
             config.neck_channels, config.num_depth_bins, config.context_channels, config.bev_size
         )
         self.history_warp = HistoryWarp(config.bev_size) if config.history else None
-        self.img_bev_encoder_backbone = BevEncoder(config.bev_in_channels, config.bev_channels, config.bev_blocks)
-        self.img_bev_encoder_neck = BevNeck(config.bev_channels[0] + config.bev_channels[2], config.head_channels)
+        self.img_bev_encoder_backbone = BevEncoder(
+            config.bev_in_channels, config.bev_channels, config.bev_blocks, config.norm
+        )
+        self.img_bev_encoder_neck = BevNeck(
+            config.bev_channels[0] + config.bev_channels[2], config.head_channels, config.norm
+        )
         self.occ_head = HeightHead(config.head_channels, config.z_size, config.num_classes)
         self.flow_head = HeightHead(config.head_channels, config.z_size, 2) if config.flow_head else None
 
