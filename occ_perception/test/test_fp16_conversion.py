@@ -75,6 +75,12 @@ def test_fp16_graph_agrees_with_fp32(tmp_path: Path, config: str, history: int) 
     weights = [i for i in model.graph.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
     fp16_bytes = sum(int(np.prod(i.dims)) for i in weights if i.data_type == onnx.TensorProto.FLOAT16)
     assert fp16_bytes > 0.5 * sum(int(np.prod(i.dims)) for i in weights)
+    # normalisation statistics stay fp32 (the BEV's variance would overflow fp16)
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input, *inferred.output]}
+    norms = [n for n in inferred.node if n.op_type == 'InstanceNormalization']
+    assert (len(norms) > 0) == (net.config.norm == 'group')
+    assert all(elem.get(n.input[0]) == onnx.TensorProto.FLOAT for n in norms)
 
     # same feeds, another frame of images than the calibration one
     feeds['images'] = np.random.default_rng(7).integers(0, 256, feeds['images'].shape, dtype=np.uint8)

@@ -38,6 +38,7 @@ from .base import BackendError, TensorSpec
 
 __all__ = [
     'FP32_NODES',
+    'FP32_OP_TYPES',
     'PRECISIONS',
     'EngineError',
     'EngineKey',
@@ -340,6 +341,10 @@ FP32_NODES: tuple[str, ...] = (r'.*occ_head[/._]',)
 logits per voxel decide the label. On the random-weight M0 export (history 1) labels agree with fp32 on
 99.9 % of voxels with the head in fp32 and on 99.0 % without; the head is a small part of M0's compute."""
 
+FP32_OP_TYPES: tuple[str, ...] = ('InstanceNormalization',)
+"""Op types the fp16 conversion keeps in fp32: the group norms of ``tiny`` (exported as InstanceNormalization)
+take statistics of the splatted BEV, whose rms is about 1e3, so its variance would overflow fp16 (65504)."""
+
 
 def fp16_onnx_path(onnx_path: str | os.PathLike[str]) -> Path:
     """Where :func:`build_engine` keeps the fp16 graph of an fp32 ONNX file: beside it, named by its digest.
@@ -395,6 +400,7 @@ def convert_to_fp16(
             keep_io_types=True,
             calibration_data=feeds,
             nodes_to_exclude=list(keep_fp32),
+            op_types_to_exclude=list(FP32_OP_TYPES),
         )
     except Exception as err:  # AutoCast raises ValueError, AssertionError, onnxruntime errors
         raise EngineError(f'ModelOpt AutoCast could not convert {src!r} to fp16: {err}') from err
