@@ -3,11 +3,11 @@ and augmentations that keep images, splat tables, labels, flow and history warps
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_devkit
 from occ_perception.data.occ3d import (
     Augmentation,
     DatasetError,
@@ -24,18 +24,9 @@ from occ_perception.temporal import BevCache, bev_grid_for
 CONFIG = get_config('tiny', history=2)
 
 
-def _require_devkit() -> None:
-    try:
-        import nuscenes.nuscenes  # noqa: F401
-    except ImportError:
-        if os.environ.get('CI'):
-            raise
-        pytest.skip('nuscenes-devkit is not installed (make test installs it)')
-
-
 @pytest.fixture(scope='module')
 def dataroot(tmp_path_factory) -> Path:
-    _require_devkit()
+    require_devkit()
     out = tmp_path_factory.mktemp('occ3d')
     # one scene of 2 s: 4 keyframes at 2 Hz (so the last has both history slots, 0.5 s and 1.0 s)
     generate_dataset(SynthConfig(out=out, scenes=1, seconds=2.0, seed=11, width=320, height=180), progress=False)
@@ -225,7 +216,7 @@ def test_errors_name_the_input(tmp_path, dataroot, dataset):
 
 
 def test_sweeps_are_history_candidates_chosen_as_the_cache_does(tmp_path):
-    _require_devkit()
+    require_devkit()
     generate_dataset(
         SynthConfig(out=tmp_path, scenes=1, seconds=1.5, seed=4, width=160, height=96, sweeps=True), progress=False
     )

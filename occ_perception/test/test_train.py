@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_devkit
 
 torch = pytest.importorskip('torch')
 
@@ -33,19 +34,10 @@ from occ_perception.train import (
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _require_devkit() -> None:
-    try:
-        import nuscenes.nuscenes  # noqa: F401
-    except ImportError:
-        if os.environ.get('CI'):
-            raise
-        pytest.skip('nuscenes-devkit is not installed (make test installs it)')
-
-
 @pytest.fixture(scope='module')
 def two_samples(tmp_path_factory) -> Path:
     """One synthetic scene of 1 s: two keyframes, small images."""
-    _require_devkit()
+    require_devkit()
     out = tmp_path_factory.mktemp('train2')
     generate_dataset(SynthConfig(out=out, scenes=1, seconds=1.0, seed=7, width=320, height=180), progress=False)
     return out
