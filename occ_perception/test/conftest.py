@@ -29,3 +29,23 @@ def require_devkit() -> None:
         if os.environ.get('CI'):
             raise
         pytest.skip('nuscenes-devkit is not installed (make test installs it)')
+
+
+def biased_net(cfg):  # torch is imported inside: the Python 3.10 run has none
+    """A random-weight OccNet (seed 4, eval mode) whose semantic head is biased to a road plane (z 0-2),
+    a car layer (z 3) and free space above, so that metrics on its output are non-zero."""
+    import torch
+    from occ_perception.model.network import OccNet
+
+    road, car, free = 11, 4, 17
+    torch.manual_seed(4)
+    net = OccNet(cfg).eval()
+    with torch.no_grad():
+        last = net.occ_head.predicter[2]
+        last.weight.mul_(0.01)
+        bias = torch.zeros(cfg.z_size, cfg.num_classes)
+        bias[:3, road] = 8.0
+        bias[3, car] = 8.0
+        bias[4:, free] = 8.0
+        last.bias.copy_(bias.reshape(-1))
+    return net

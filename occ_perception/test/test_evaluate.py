@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import biased_net
 
 torch = pytest.importorskip('torch')  # the tests export their ONNX models with torch
 
@@ -17,13 +18,10 @@ from occ_perception.data.synth_nuscenes import SynthConfig, generate_dataset
 from occ_perception.geometry import Transform
 from occ_perception.metrics import MetricsReport, MIoU, RayMetrics, lidar_origins
 from occ_perception.model.config import get_config
-from occ_perception.model.network import OccNet
 from occ_perception.pipeline import OccPipeline, load_model
 from occ_perception.rig import NUSCENES_CHANNELS, Rig
 
 pytest.importorskip('nuscenes')
-
-ROAD, CAR, FREE = 11, 4, 17
 
 
 @pytest.fixture(scope='module')
@@ -34,16 +32,7 @@ def setup(tmp_path_factory):
     # cars above it and free space higher up, so that rays and voxels produce true positives (figures above 0);
     # flow stays input-dependent.
     cfg = get_config('tiny', history=2)
-    torch.manual_seed(4)
-    net = OccNet(cfg).eval()
-    with torch.no_grad():
-        last = net.occ_head.predicter[2]
-        last.weight.mul_(0.01)
-        bias = torch.zeros(cfg.z_size, cfg.num_classes)
-        bias[:3, ROAD] = 8.0
-        bias[3, CAR] = 8.0
-        bias[4:, FREE] = 8.0
-        last.bias.copy_(bias.reshape(-1))
+    net = biased_net(cfg)
     from occ_perception.runtime.export import export_onnx
 
     onnx = export_onnx(net, root / 'model' / 'tiny_k2.onnx')

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import biased_net
 
 torch = pytest.importorskip('torch')
 pytest.importorskip('onnxruntime')
@@ -32,26 +33,9 @@ from occ_perception.messages import (  # noqa: E402
 )
 from occ_perception.metrics import MIoU, RayMetrics, lidar_origins  # noqa: E402
 from occ_perception.model.config import get_config  # noqa: E402
-from occ_perception.model.network import OccNet  # noqa: E402
 from occ_perception.rig import FLASHOCC_CAMERA_ORDER  # noqa: E402
 
-ROAD, CAR, FREE = 11, 4, 17
 NS = 1_000_000_000
-
-
-def _biased_net(cfg):
-    """Random weights with the head biased to a road plane, a car layer and free space, so metrics are non-zero."""
-    torch.manual_seed(4)
-    net = OccNet(cfg).eval()
-    with torch.no_grad():
-        last = net.occ_head.predicter[2]
-        last.weight.mul_(0.01)
-        bias = torch.zeros(cfg.z_size, cfg.num_classes)
-        bias[:3, ROAD] = 8.0
-        bias[3, CAR] = 8.0
-        bias[4:, FREE] = 8.0
-        last.bias.copy_(bias.reshape(-1))
-    return net
 
 
 @pytest.fixture(scope='module')
@@ -63,7 +47,7 @@ def setup(tmp_path_factory):
     generate_dataset(synth, progress=False)
     bag = convert(ConvertConfig(root=synth.out, out=root / 'bags', gts=synth.out / 'gts'), progress=False)[0].path
     cfg = get_config('tiny', history=2)
-    onnx = export_onnx(_biased_net(cfg), root / 'tiny_k2.onnx')
+    onnx = export_onnx(biased_net(cfg), root / 'tiny_k2.onnx')
     out = root / 'out'
     status = cli_main(
         [
@@ -437,7 +421,7 @@ def test_find_model_exports_the_checkpoint_or_names_the_folders(tmp_path):
         find_model(cfg, dirs=[tmp_path / 'empty'])
     models = tmp_path / 'models'
     models.mkdir()
-    save_checkpoint(_biased_net(cfg), models / 'tiny_k2.pt')
+    save_checkpoint(biased_net(cfg), models / 'tiny_k2.pt')
     assert find_model(cfg, 'torch', dirs=[models]) == models / 'tiny_k2.pt'
     onnx = find_model(cfg, dirs=[tmp_path / 'empty', models])
     assert onnx == models / 'tiny_k2.onnx' and onnx.is_file()
