@@ -286,6 +286,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             amp=not args.no_amp,
             semantic_weight=args.semantic_weight,
             flow_weight=args.flow_weight,
+            depth_weight=args.depth_weight,
             mask=args.mask,
             augmentation=Augmentation(
                 scale_jitter=args.scale_jitter, crop_jitter=args.crop_jitter, flip_x=args.flip_x, flip_y=args.flip_y
@@ -564,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument('--no-amp', action='store_true', help='no mixed precision on CUDA')
     tr.add_argument('--semantic-weight', type=float, default=1.0)
     tr.add_argument('--flow-weight', type=float, default=0.1)
+    tr.add_argument(
+        '--depth-weight', type=float, default=0.1, help='depth-net loss on targets cast from the labels (0 = off)'
+    )
     tr.add_argument('--mask', choices=['camera', 'lidar', 'none'], default='camera', help='per-voxel loss weight')
     tr.add_argument('--class-weights', help="'auto' (from the training labels) or 18 comma-separated weights")
     tr.add_argument('--scale-jitter', type=float, default=0.0, help='relative image scale jitter, e.g. 0.06')

@@ -49,6 +49,7 @@ __all__ = [
     'TrainError',
     'TrainResult',
     'class_weights_from_counts',
+    'depth_loss',
     'flow_loss',
     'label_counts',
     'learning_rate',
@@ -82,7 +83,8 @@ class TrainConfig:
         grad_clip: max gradient norm (0 = no clipping).
         ema_decay: exponential moving average of the weights (0 = off); the EMA weights are saved and validated.
         amp: mixed precision (float16 autocast and a gradient scaler) on CUDA; ignored on CPU.
-        semantic_weight, flow_weight: loss weights.
+        semantic_weight, flow_weight, depth_weight: loss weights (depth: :func:`depth_loss` on targets cast
+            from the labels, :mod:`occ_perception.data.depth_targets`; 0 = off).
         mask: the per-voxel loss weight: ``camera`` (mask_camera), ``lidar`` (mask_lidar) or ``none``.
         class_weights: per-class CE weights (18 values) or None.
         augmentation: random training augmentation.
@@ -115,6 +117,7 @@ class TrainConfig:
     amp: bool = True
     semantic_weight: float = 1.0
     flow_weight: float = 0.1
+    depth_weight: float = 0.1
     mask: str = 'camera'
     class_weights: tuple[float, ...] | None = None
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -220,6 +223,24 @@ def flow_loss(
     return (l1 * w).sum() / w.sum().clamp(min=1.0)
 
 
+def depth_loss(depth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the target depth bin under the depth net's distribution.
+
+    Args:
+        depth: (N, D, h, w) probabilities (softmax over D).
+        target: (N, h, w) integer bin index, -1 where a pixel has no target.
+
+    Returns:
+        scalar: mean over pixels with a target of ``-log(depth[target])`` (0 when no pixel has one).
+    """
+    valid = target >= 0
+    if not bool(valid.any()):
+        return depth.sum() * 0.0
+    p = depth.float().permute(0, 2, 3, 1)[valid]  # (M, D)
+    picked = p.gather(1, target[valid].long().unsqueeze(1)).squeeze(1)
+    return -torch.log(picked.clamp(min=1e-6)).mean()
+
+
 def class_weights_from_counts(counts: np.ndarray, power: float = 0.5, max_weight: float = 10.0) -> tuple[float, ...]:
     """Per-class weights ``(median / count) ** power``, clipped to [1/max_weight, max_weight]; unseen classes get 1.
 
@@ -274,12 +295,13 @@ def network_outputs(
     history_bev: torch.Tensor | None = None,
     history_theta: torch.Tensor | None = None,
     history_valid: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class logits (X, Y, Z, 18) and flow (X, Y, Z, 2) or None for one frame (uint8 images (N, H, W, 3))."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Class logits (X, Y, Z, 18), flow (X, Y, Z, 2) or None, and the depth distribution (N, D, h, w) for one
+    frame (uint8 images (N, H, W, 3))."""
     if not net.config.history:
         history_bev = history_theta = history_valid = None
-    logits, flow, _ = net.predict(images, tables, history_bev, history_theta, history_valid)
-    return logits, flow
+    logits, flow, _, depth = net.predict(images, tables, history_bev, history_theta, history_valid)
+    return logits, flow, depth
 
 
 class _Step(nn.Module):
@@ -296,7 +318,7 @@ class _Step(nn.Module):
         history_bev: torch.Tensor | None,
         history_theta: torch.Tensor | None,
         history_valid: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, Any]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         return network_outputs(self.net, images, tables, history_bev, history_theta, history_valid)
 
 
@@ -339,6 +361,7 @@ def _sample_tensors(sample: TrainSample, device: torch.device) -> dict[str, Any]
         'flow': None if sample.flow is None else torch.from_numpy(sample.flow).to(device),
         'history_theta': torch.from_numpy(sample.history_theta).to(device),
         'history_valid': torch.from_numpy(sample.history_valid).to(device),
+        'depth_target': torch.from_numpy(sample.depth_target).to(device),
     }
     return t
 
@@ -559,7 +582,7 @@ def evaluate(
             sample = dataset.get(i)
             t = _sample_tensors(sample, device)
             hist = _history_bev(net, sample, t['tables'], device)
-            logits, _ = network_outputs(net, t['images'], t['tables'], hist, t['history_theta'], t['history_valid'])
+            logits, _, _ = network_outputs(net, t['images'], t['tables'], hist, t['history_theta'], t['history_valid'])
             pred = logits.argmax(dim=-1).to(torch.uint8).cpu().numpy()
             metric.add(pred, sample.semantics, sample.mask_camera.astype(bool))
     net.train(was_training)
@@ -588,8 +611,9 @@ def plot_log(log_path: Path, png_path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     if train_rows:
         steps = [r['step'] for r in train_rows]
-        for key in ('loss', 'loss_semantic', 'loss_flow'):
-            ax.plot(steps, [r[key] for r in train_rows], label=key)
+        for key in ('loss', 'loss_semantic', 'loss_flow', 'loss_depth'):
+            if all(key in r for r in train_rows):
+                ax.plot(steps, [r[key] for r in train_rows], label=key)
         ax.set_yscale('log')
     ax.set_xlabel('step')
     ax.set_ylabel('loss')
@@ -705,9 +729,9 @@ def train(
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, desc='train', unit='step', dynamic_ncols=True)
-    last = {'loss': float('nan'), 'loss_semantic': float('nan'), 'loss_flow': float('nan')}
+    last = {'loss': float('nan'), 'loss_semantic': float('nan'), 'loss_flow': float('nan'), 'loss_depth': float('nan')}
     window: list[float] = []
-    sums = {'loss': 0.0, 'loss_semantic': 0.0, 'loss_flow': 0.0}
+    sums = {'loss': 0.0, 'loss_semantic': 0.0, 'loss_flow': 0.0, 'loss_depth': 0.0}
     timed_steps, timed_seconds = 0, 0.0
     val_miou: float | None = None
     model_path: Path | None = None
@@ -753,7 +777,7 @@ def train(
         for group in opt.param_groups:
             group['lr'] = lr
         opt.zero_grad(set_to_none=True)
-        parts = {'loss': 0.0, 'loss_semantic': 0.0, 'loss_flow': 0.0}
+        parts = {'loss': 0.0, 'loss_semantic': 0.0, 'loss_flow': 0.0, 'loss_depth': 0.0}
         for i, sample in enumerate(batch):
             t = _sample_tensors(sample, dev)
             hist = _history_bev(net, sample, t['tables'], dev)
@@ -763,14 +787,17 @@ def train(
                 ctx = step_module.no_sync()  # type: ignore[operator]
             with ctx:
                 with torch.autocast('cuda', dtype=torch.float16, enabled=use_amp):
-                    logits, flow = step_module(t['images'], t['tables'], hist, t['history_theta'], t['history_valid'])
+                    logits, flow, depth = step_module(
+                        t['images'], t['tables'], hist, t['history_theta'], t['history_valid']
+                    )
                 mask = _loss_mask(t, cfg.mask)
                 sem = semantic_loss(logits, t['semantics'], mask, class_weights)
                 if flow is not None and t['flow'] is not None:
                     fl = flow_loss(flow, t['flow'], t['semantics'], mask)
                 else:  # keep every parameter in the graph (DDP) without a flow target
                     fl = flow.float().sum() * 0.0 if flow is not None else torch.zeros((), device=dev)
-                loss = (cfg.semantic_weight * sem + cfg.flow_weight * fl) / len(batch)
+                dl = depth_loss(depth, t['depth_target'])
+                loss = (cfg.semantic_weight * sem + cfg.flow_weight * fl + cfg.depth_weight * dl) / len(batch)
                 if scaler is not None:
                     scaler.scale(loss).backward()
                 else:
@@ -778,6 +805,7 @@ def train(
             parts['loss'] += float(loss.detach())
             parts['loss_semantic'] += float(sem.detach()) / len(batch)
             parts['loss_flow'] += float(fl.detach()) / len(batch)
+            parts['loss_depth'] += float(dl.detach()) / len(batch)
         if scaler is not None:
             scaler.unscale_(opt)
         if cfg.grad_clip > 0:
@@ -812,6 +840,7 @@ def train(
                         'loss': sums['loss'] / n,
                         'loss_semantic': sums['loss_semantic'] / n,
                         'loss_flow': sums['loss_flow'] / n,
+                        'loss_depth': sums['loss_depth'] / n,
                         'lr': lr,
                         'samples_per_s': global_batch * n / sum(window),
                         'global_batch': global_batch,

@@ -155,6 +155,9 @@ def test_bev_flip_moves_tables_labels_flow_and_history_together(dataroot, datase
     sign = np.array([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0], np.float32)
     np.testing.assert_array_equal(flipped.flow, np.flip(plain.flow, axes) * sign)
     assert np.abs(plain.flow).max() > 0.5  # moving objects: the sign change is visible
+    # reflecting the rig and the labels together leaves what each camera pixel sees (its depth target) unchanged
+    assert (plain.depth_target >= 0).mean() > 0.5
+    np.testing.assert_array_equal(flipped.depth_target, plain.depth_target)
 
     # the splat of the flipped tables is the flipped splat ((Y, X) map: x is axis 1, y axis 0)
     counts, counts_f = _splat_counts(plain.tables, 6), _splat_counts(flipped.tables, 6)

@@ -69,7 +69,7 @@ def test_forward_predict_and_encode_bev_agree() -> None:
     tables = dict(zip(net.table_names(), net.tables_from(feeds)))
     with torch.no_grad():
         labels, confidence, flow, bev_feature = net(**feeds)
-        logits, flow_p, bev_p = net.predict(
+        logits, flow_p, bev_p, _ = net.predict(
             feeds['images'], tables, feeds['history_bev'], feeds['history_theta'], feeds['history_valid']
         )
         bev_float = net.encode_bev(feeds['images'].float(), tables)
@@ -87,7 +87,7 @@ def test_predict_is_differentiable() -> None:
     net = wide_net().train()
     feeds = {k: torch.from_numpy(v) for k, v in sample_inputs(net, seed=2).items()}
     images = feeds.pop('images').float().requires_grad_(True)
-    logits, flow, bev = net.predict(images, feeds)
+    logits, flow, bev, _ = net.predict(images, feeds)
     (logits.logsumexp(-1).mean() + flow.square().mean()).backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
     assert net.occ_head.predicter[2].weight.grad is not None

@@ -23,6 +23,7 @@ from occ_perception.train import (
     TrainConfig,
     TrainError,
     class_weights_from_counts,
+    depth_loss,
     flow_loss,
     label_counts,
     learning_rate,
@@ -75,6 +76,19 @@ def test_semantic_loss_is_the_masked_mean_cross_entropy():
     assert float(semantic_loss(t(logits), t(labels), None)) == pytest.approx(expected_none, rel=1e-5)
     empty = semantic_loss(t(logits), t(labels), t(np.zeros(shape, np.uint8)))
     assert float(empty) == 0.0
+
+
+def test_depth_loss_is_the_mean_nll_of_the_target_bins():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2, 5, 3, 4))  # (N, D, h, w), h != w
+    prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    target = rng.integers(-1, 5, size=(2, 3, 4))
+    n, v, u = np.nonzero(target >= 0)
+    expected = -np.log(prob[n, target[n, v, u], v, u]).mean()
+    t = torch.from_numpy
+    assert float(depth_loss(t(prob).float(), t(target))) == pytest.approx(expected, rel=1e-5)
+    none = depth_loss(t(prob).float().requires_grad_(), t(np.full((2, 3, 4), -1)))
+    assert float(none.detach()) == 0.0 and none.requires_grad  # stays in the graph (DDP needs every parameter)
 
 
 def test_flow_loss_counts_only_occupied_observed_voxels():
@@ -247,6 +261,7 @@ def test_tiny_model_overfits_two_samples(two_samples, tmp_path, one_thread):
         min_lr_ratio=0.1,
         weight_decay=0.0,
         flow_weight=0.0,
+        depth_weight=0.0,  # memorising two samples: the depth prior only slows it (0.24 against 0.45 at 300 steps)
         seed=0,
         log_every=10,
         freeze_bn_step=OVERFIT_FREEZE_BN,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from ..geometry import Transform, bev_warp_affine
 from ..model.splat_tables import build_splat_tables
 from ..rig import NUSCENES_CHANNELS, ImageTransform, Rig, RigMatrices
 from ..temporal import TemporalConfig, bev_grid_for
+from .depth_targets import depth_targets
 
 __all__ = [
     'Augmentation',
@@ -123,6 +124,8 @@ class TrainSample:
         token: the sample token.
         scene: the scene name.
         flips: (flip_x, flip_y) applied.
+        depth_target: (N, H_feat, W_feat) int64 depth bin per image feature pixel, -1 = none
+            (:func:`occ_perception.data.depth_targets.depth_targets`).
     """
 
     images: np.ndarray
@@ -137,6 +140,7 @@ class TrainSample:
     token: str
     scene: str
     flips: tuple[bool, bool] = (False, False)
+    depth_target: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.int64))
 
 
 def flip_matrix(flip_x: bool, flip_y: bool) -> np.ndarray:
@@ -456,6 +460,7 @@ class Occ3DDataset:
                 flow = np.flip(flow, axis=axes) * np.array(
                     [-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0], np.float32
                 )
+        sem, mcam = np.ascontiguousarray(sem), np.ascontiguousarray(mcam)
         return TrainSample(
             images=images,
             tables=tables,
@@ -469,6 +474,7 @@ class Occ3DDataset:
             token=frame.token,
             scene=frame.scene,
             flips=(flip_x, flip_y),
+            depth_target=depth_targets(self.model_config, matrices, sem, mcam),
         )
 
     def _images(self, frame: Frame, transforms: Sequence[ImageTransform]) -> np.ndarray:

@@ -32,6 +32,7 @@ warped history...] on channels; BEV encoder + neck -> (1, C', Y, X); heads.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ from .heads import HeightHead
 from .splat import Splat
 from .splat_tables import splat_table_names
 
-__all__ = ['HISTORY_NAMES', 'OUTPUT_NAMES', 'NetworkInputError', 'OccNet', 'ViewTransformer']
+__all__ = ['HISTORY_NAMES', 'OUTPUT_NAMES', 'NetworkInputError', 'OccNet', 'Prediction', 'ViewTransformer']
 
 OUTPUT_NAMES: tuple[str, ...] = ('labels', 'confidence', 'flow', 'bev_feature')
 HISTORY_NAMES: tuple[str, ...] = ('history_bev', 'history_theta', 'history_valid')
@@ -54,10 +55,26 @@ class NetworkInputError(TypeError):
     """OccNet got missing, unexpected or misnamed inputs for its config (splat tables, history)."""
 
 
+class Prediction(NamedTuple):
+    """What :meth:`OccNet.predict` returns for one frame.
+
+    Attributes:
+        logits: (X, Y, Z, num_classes) class logits indexed [x, y, z].
+        flow: (X, Y, Z, 2) (vx, vy) [m/s] in base_link axes, or None without a flow head.
+        bev_feature: (C_bev, Y, X) this frame's BEV feature (what the temporal cache stores).
+        depth: (N, D, h, w) the depth net's probabilities over ``config.depth_bins``.
+    """
+
+    logits: torch.Tensor
+    flow: torch.Tensor | None
+    bev_feature: torch.Tensor
+    depth: torch.Tensor
+
+
 class ViewTransformer(nn.Module):
     """LSS depth net and splat (FlashOCC's ``img_view_transformer``: only ``depth_net`` holds parameters).
 
-    forward(feat (N, in_ch, h, w), *tables) -> (C_bev, Y, X).
+    forward(feat (N, in_ch, h, w), *tables) -> ((C_bev, Y, X), depth probabilities (N, D, h, w)).
     """
 
     def __init__(self, in_ch: int, depth_bins: int, context: int, bev_size: tuple[int, int]) -> None:
@@ -66,11 +83,12 @@ class ViewTransformer(nn.Module):
         self.depth_bins, self.context = int(depth_bins), int(context)
         self.splat = Splat(bev_size)
 
-    def forward(self, feat: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
+    def forward(self, feat: torch.Tensor, *tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (BEV feature (C_bev, Y, X), depth probabilities (N, D, h, w), softmax over D)."""
         x = self.depth_net(feat)
         depth = x[:, : self.depth_bins].softmax(dim=1)
         context = x[:, self.depth_bins : self.depth_bins + self.context]
-        return self.splat(depth, context, *tables)
+        return self.splat(depth, context, *tables), depth
 
 
 class OccNet(nn.Module):
@@ -183,6 +201,15 @@ class OccNet(nn.Module):
         Raises:
             NetworkInputError: a table is missing.
         """
+        return self.encode(images, tables)[0]
+
+    def encode(self, images: torch.Tensor, tables: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode_bev` that also returns the depth net's distribution (what depth supervision trains).
+
+        Returns:
+            ``(bev_feature, depth)``: (C_bev, Y, X) and (N, D, h, w) probabilities (softmax over the D bins
+            of ``config.depth_bins``; h, w = ``config.feature_size`` reversed).
+        """
         x = (images.permute(0, 3, 1, 2).float() - self.image_mean) / self.image_std
         c3, c4 = self.img_backbone(x)
         return self.img_view_transformer(self.img_neck(c3, c4), *self.tables_from(tables))
@@ -202,7 +229,7 @@ class OccNet(nn.Module):
         history_bev: torch.Tensor | None = None,
         history_theta: torch.Tensor | None = None,
         history_valid: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    ) -> Prediction:
         """The differentiable network (training entry point): images, tables and history -> logits and flow.
 
         Args:
@@ -213,9 +240,7 @@ class OccNet(nn.Module):
             history_valid: (K,) 1 = slot filled, 0 = contributes zeros.
 
         Returns:
-            ``(logits, flow, bev_feature)``: class logits (X, Y, Z, num_classes) indexed [x, y, z],
-            flow (X, Y, Z, 2) [m/s] in base_link axes or None without a flow head, and this
-            frame's BEV feature (C_bev, Y, X).
+            :class:`Prediction` ``(logits, flow, bev_feature, depth)``.
 
         Raises:
             NetworkInputError: history inputs missing for K > 0 or given for K = 0, or a table missing.
@@ -229,12 +254,12 @@ class OccNet(nn.Module):
             )
         if not self.config.history and given:
             raise NetworkInputError(f'OccNet ({self.config.name}): no history (K=0), but got {given}')
-        bev_feature = self.encode_bev(images, tables)  # (C, Y, X)
+        bev_feature, depth = self.encode(images, tables)  # (C, Y, X), (N, D, h, w)
         bev = bev_feature.unsqueeze(0)
         if self.history_warp is not None:
             bev = torch.cat([bev, self.history_warp(history_bev, history_theta, history_valid)], dim=1)
         logits, flow = self.decode(bev)
-        return logits, flow, bev_feature
+        return Prediction(logits, flow, bev_feature, depth)
 
     def forward(
         self,
@@ -269,7 +294,7 @@ class OccNet(nn.Module):
             'splat_reduce_2': splat_reduce_2,
             'splat_cell_index': splat_cell_index,
         }
-        logits, flow, bev_feature = self.predict(images, tables, history_bev, history_theta, history_valid)
+        logits, flow, bev_feature, _ = self.predict(images, tables, history_bev, history_theta, history_valid)
         probability, labels = logits.softmax(dim=-1).max(dim=-1)
         confidence = torch.round(probability * 255.0)
         if flow is None:
