@@ -1,10 +1,14 @@
-"""build_engine and TensorRTBackend end to end on the host, with fake ``tensorrt`` and fake ``cuda-python``.
+"""build_engine, TensorRTBackend and the GPU bench end to end on the host, with fake ``tensorrt`` and ``cuda-python``.
 
 The fakes implement the parts of the TensorRT 10/11 Python API and of the CUDA
 runtime bindings that the code calls, with their real names and return
 conventions (cuda-python returns ``(err, value...)`` tuples). The fake "device
-memory" is host memory, so copies in both directions are real byte copies and the
-fake engine computes real outputs from what was copied in. No torch is needed.
+memory" is host memory, so copies in both directions are real byte copies, and the
+fake engine computes real outputs from what was copied in: it runs the ONNX graph
+it was built from with onnxruntime CPU. CUDA events read a fake per-stream GPU
+clock that every copy and every engine run advances by known durations, so the
+event plumbing (which events, on which stream, in which order) shows in the
+timings. Only the GPU bench tests on the shipped model need torch (to export it).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from occ_perception.runtime.engine import (
     shape_ranges,
     sidecar_path,
 )
-from occ_perception.runtime.trt_backend import TensorRTBackend
+from occ_perception.runtime.trt_backend import TRT_DTYPES, TensorRTBackend
 from onnx import TensorProto, helper
 
 INPUTS = (TensorSpec('images', 'uint8', (None, 4, 8, 3)), TensorSpec('table', 'int64', (None,)))
@@ -78,6 +82,7 @@ class cudaError_t(enum.IntEnum):
     cudaSuccess = 0
     cudaErrorMemoryAllocation = 2
     cudaErrorNoDevice = 100
+    cudaErrorNotReady = 600
 
 
 class cudaMemcpyKind(enum.IntEnum):
@@ -108,6 +113,12 @@ class FakeCudart(types.ModuleType):
         self.copies: list[tuple[str, int]] = []
         self.fail: dict[str, cudaError_t] = {}
         self.current = 0
+        # fake GPU time: every copy and engine run advances its stream's clock by these [ms]
+        self.clock: dict[int, float] = {}
+        self.h2d_ms, self.d2h_ms = 0.25, 0.5
+        self.engine_ms: list[float] = []  # one per engine run, consumed in order; 3.0 when empty
+        self.events: dict[int, FakeEvent] = {}
+        self.timeline: list[tuple[str, int]] = []  # (what, stream): 'record <event>', 'H2D', 'execute', 'D2H'
 
     def _status(self, call: str) -> cudaError_t:
         return self.fail.get(call, cudaError_t.cudaSuccess)
@@ -145,20 +156,69 @@ class FakeCudart(types.ModuleType):
         assert any(p <= device and device + count <= p + len(b) for p, b in self.memory.items()), 'not device memory'
         ctypes.memmove(dst, src, count)
         self.copies.append((kind.name, count))
+        h2d = kind == cudaMemcpyKind.cudaMemcpyHostToDevice
+        self.advance(int(stream), 'H2D' if h2d else 'D2H', self.h2d_ms if h2d else self.d2h_ms)
         return (self._status('cudaMemcpyAsync'),)
+
+    def advance(self, stream: int, what: str, ms: float) -> None:
+        self.clock[stream] += ms
+        self.timeline.append((what, stream))
 
     def cudaStreamCreate(self):
         handle = 0x1000 + len(self.streams) + 1
         self.streams.add(handle)
+        self.clock[handle] = 0.0
         return (cudaError_t.cudaSuccess, FakeStream(handle))
 
     def cudaStreamSynchronize(self, stream: FakeStream):
         assert int(stream) in self.streams
+        for event in self.events.values():
+            if event.stream == int(stream):
+                event.done = True
         return (self._status('cudaStreamSynchronize'),)
+
+    def cudaEventCreate(self):
+        event = FakeEvent(0x2000 + len(self.events) + 1)
+        self.events[event.handle] = event
+        return (self._status('cudaEventCreate'), event)
+
+    def cudaEventRecord(self, event: FakeEvent, stream: FakeStream):
+        assert event.handle in self.events and int(stream) in self.streams
+        event.stream, event.time_ms, event.done = int(stream), self.clock[int(stream)], False
+        self.timeline.append((f'record {event.handle}', int(stream)))
+        return (self._status('cudaEventRecord'),)
+
+    def cudaEventSynchronize(self, event: FakeEvent):
+        assert event.handle in self.events and event.stream is not None, 'synchronising an unrecorded event'
+        event.done = True
+        return (self._status('cudaEventSynchronize'),)
+
+    def cudaEventElapsedTime(self, start: FakeEvent, end: FakeEvent):
+        if not (start.done and end.done):  # as CUDA: an event still pending on its stream
+            return (cudaError_t.cudaErrorNotReady, 0.0)
+        assert start.stream == end.stream
+        return (self._status('cudaEventElapsedTime'), end.time_ms - start.time_ms)
+
+    def cudaEventDestroy(self, event: FakeEvent):
+        del self.events[event.handle]
+        return (cudaError_t.cudaSuccess,)
 
     def cudaStreamDestroy(self, stream: FakeStream):
         self.streams.remove(int(stream))
         return (cudaError_t.cudaSuccess,)
+
+
+class FakeEvent:
+    """A ``cudaEvent_t``: the fake GPU clock of its stream when it was recorded, and whether it has completed."""
+
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+        self.stream: int | None = None
+        self.time_ms: float | None = None
+        self.done = False
+
+    def __int__(self) -> int:
+        return self.handle
 
 
 def device_array(cudart: FakeCudart, pointer: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -198,6 +258,7 @@ class FakeNetwork:
     def __init__(self, flags: int) -> None:
         self.flags = flags
         self.tensors: list[dict] = []
+        self.onnx = ''
 
     @property
     def num_inputs(self) -> int:
@@ -219,6 +280,7 @@ class FakeParser:
             return False
         trt = sys.modules['tensorrt']
         trt.parsed.append(path)
+        self.network.onnx = path
         for mode, values in (('INPUT', model.graph.input), ('OUTPUT', model.graph.output)):
             for v in values:
                 dims = [d.dim_value if d.HasField('dim_value') else -1 for d in v.type.tensor_type.shape.dim]
@@ -288,7 +350,7 @@ class FakeBuilder:
                 'profile': config.profiles[0].shapes,
             }
         )
-        plan = {'tensors': network.tensors, 'profile': config.profiles[0].shapes}
+        plan = {'tensors': network.tensors, 'profile': config.profiles[0].shapes, 'onnx': network.onnx}
         return json.dumps(plan).encode()
 
 
@@ -296,6 +358,8 @@ class FakeEngine:
     def __init__(self, plan: dict) -> None:
         self.tensors = {t['name']: t for t in plan['tensors']}
         self.profile = plan['profile']
+        self.onnx = plan['onnx']
+        self.session = None
 
     @property
     def num_io_tensors(self) -> int:
@@ -321,7 +385,7 @@ class FakeEngine:
 
 
 class FakeContext:
-    """Computes the fake graph: labels = uint8(table), score = table[:, None] * w."""
+    """Runs the engine's ONNX graph with onnxruntime CPU on the bound device memory."""
 
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
@@ -337,21 +401,42 @@ class FakeContext:
         return True
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        n = self.shapes['table'][0]
-        return {'labels': (n,), 'score': (n, 4)}.get(name, self.shapes.get(name))
+        if name in self.shapes:
+            return self.shapes[name]
+        shape = self.engine.tensors[name]['shape']
+        if all(d >= 0 for d in shape):
+            return tuple(shape)
+        n = self.shapes['table'][0]  # the small test graph: outputs (n,) and (n, 4)
+        return {'labels': (n,), 'score': (n, 4)}[name]
 
     def set_tensor_address(self, name: str, pointer: int) -> bool:
         self.addresses[name] = pointer
         return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
+        import onnxruntime as ort
+
         cudart = sys.modules['cuda.bindings.runtime']
         assert isinstance(stream_handle, int) and stream_handle in cudart.streams
         assert set(self.addresses) == set(self.engine.tensors), 'every tensor must be bound'
-        n = self.shapes['table'][0]
-        table = device_array(cudart, self.addresses['table'], 'int64', (n,))
-        device_array(cudart, self.addresses['labels'], 'uint8', (n,))[:] = table.astype(np.uint8)
-        device_array(cudart, self.addresses['score'], 'float32', (n, 4))[:] = table[:, None] * np.float32([2, 4, 6, 8])
+        engine = self.engine
+        if engine.session is None:
+            engine.session = ort.InferenceSession(engine.onnx, providers=['CPUExecutionProvider'])
+        dtype = {name: TRT_DTYPES[t['dtype']] for name, t in engine.tensors.items()}
+        feeds = {
+            name: device_array(cudart, self.addresses[name], dtype[name], self.shapes[name]).copy()
+            for name, t in engine.tensors.items()
+            if t['mode'] == 'INPUT'
+        }
+        names = [name for name, t in engine.tensors.items() if t['mode'] == 'OUTPUT']
+        outputs = dict(zip(names, engine.session.run(names, feeds)))
+        perturb = getattr(sys.modules['tensorrt'], 'perturb', None)
+        if perturb is not None:  # a test's stand-in for GPU numerics
+            perturb(outputs)
+        for name, value in outputs.items():
+            device_array(cudart, self.addresses[name], dtype[name], self.get_tensor_shape(name))[...] = value
+        durations = cudart.engine_ms
+        cudart.advance(stream_handle, 'execute', durations.pop(0) if durations else 3.0)
         self.executed += 1
         return True
 
@@ -555,6 +640,32 @@ def test_backend_binds_runs_copies_back_and_closes(engine_file, fakes) -> None:
     backend.close()
     with pytest.raises(BackendError, match='after close'):
         backend.run(example())
+
+
+def test_profiled_backend_times_copies_and_engine_with_events_on_its_stream(engine_file, fakes) -> None:
+    _, cudart = fakes()
+    cudart.engine_ms = [3.0, 7.5]
+    plain = TensorRTBackend(engine_file)
+    assert not cudart.events
+    plain.run(example())
+    assert plain.last_timings == {}
+    plain.close()
+    cudart.timeline.clear()
+    backend = TensorRTBackend(engine_file, profile=True)
+    events = sorted(cudart.events)
+    assert len(events) == 4
+    (stream,) = cudart.streams
+    for engine_ms in (7.5, 3.0):  # the plain run used 3.0; then 7.5, then the default 3.0
+        cudart.timeline.clear()
+        out = backend.run(example(n=30))
+        np.testing.assert_array_equal(out['labels'], example(n=30)['table'].astype(np.uint8))
+        e0, e1, e2, e3 = (f'record {e}' for e in events)
+        # two inputs (images, table) copied in, two outputs (labels, score) copied out
+        expected = [e0, 'H2D', 'H2D', e1, 'execute', e2, 'D2H', 'D2H', e3]
+        assert cudart.timeline == [(what, stream) for what in expected]
+        assert backend.last_timings == {'h2d_ms': 2 * 0.25, 'engine_ms': engine_ms, 'd2h_ms': 2 * 0.5}
+    backend.close()
+    assert not cudart.events and not cudart.streams and not cudart.memory
 
 
 def test_backend_refuses_an_engine_of_another_configuration(engine_file, fakes) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     'build_engine',
     'convert_to_fp16',
     'cuda_check',
+    'fp16_graph',
     'fp16_onnx_path',
     'gpu_info',
     'import_cudart',
@@ -415,6 +416,32 @@ def convert_to_fp16(
     return out_path
 
 
+def fp16_graph(
+    onnx_path: str | os.PathLike[str],
+    calibration_feeds: Mapping[str, np.ndarray] | None = None,
+    rebuild: bool = False,
+) -> Path:
+    """The fp16 graph of an fp32 ONNX file (:func:`fp16_onnx_path`), converted when it is not there yet.
+
+    Args:
+        onnx_path: the fp32 graph.
+        calibration_feeds: one real example of the inputs (see :func:`convert_to_fp16`); needed to convert.
+        rebuild: convert even when the fp16 graph exists.
+
+    Raises:
+        EngineError: no fp16 graph and no feeds to make one, or the conversion failed.
+    """
+    half = fp16_onnx_path(onnx_path)
+    if rebuild or not half.is_file():
+        if calibration_feeds is None:
+            raise EngineError(
+                f'fp16 graph of {os.fspath(onnx_path)!r}: none at {os.fspath(half)!r} '
+                'and no calibration feeds to make one'
+            )
+        convert_to_fp16(onnx_path, half, calibration_feeds)
+    return half
+
+
 def strongly_typed_flags(trt: Any) -> int:
     """``create_network`` flags: strongly typed (TensorRT 10; accepted and always on in 11)."""
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -466,17 +493,7 @@ def build_engine(
     if target.is_file() and not rebuild:
         return target
 
-    source = Path(onnx_path)
-    if precision == 'fp16':
-        half = fp16_onnx_path(onnx_path)
-        if rebuild or not half.is_file():
-            if calibration_feeds is None:
-                raise EngineError(
-                    f'fp16 build of {os.fspath(onnx_path)!r}: no fp16 graph at {os.fspath(half)!r} '
-                    'and no calibration feeds to make one'
-                )
-            convert_to_fp16(onnx_path, half, calibration_feeds)
-        source = half
+    source = fp16_graph(onnx_path, calibration_feeds, rebuild) if precision == 'fp16' else Path(onnx_path)
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

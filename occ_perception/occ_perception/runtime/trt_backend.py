@@ -25,7 +25,12 @@ import numpy as np
 from .base import Backend, BackendError, TensorSpec, match_specs
 from .engine import ShapeRange, cuda_check, import_cudart, import_tensorrt
 
-__all__ = ['TRT_DTYPES', 'TensorRTBackend', 'engine_io_specs', 'engine_profile']
+__all__ = ['TIMINGS', 'TIMING_EVENTS', 'TRT_DTYPES', 'TensorRTBackend', 'engine_io_specs', 'engine_profile']
+
+TIMING_EVENTS = ('start', 'copied_in', 'engine_done', 'copied_out')
+"""The profiling events of one run, in the order they are recorded on the stream."""
+TIMINGS = ('h2d_ms', 'engine_ms', 'd2h_ms')
+"""``last_timings`` keys: the GPU time between consecutive :data:`TIMING_EVENTS` [ms]."""
 
 # TensorRT DataType member names -> numpy dtype names
 TRT_DTYPES = {
@@ -73,10 +78,17 @@ class TensorRTBackend(Backend):
         expected_inputs: the model configuration's inputs (``OccNet.input_specs()``); when
             given, an engine whose inputs differ (names, dtypes, fixed sizes) is refused.
         expected_outputs: the same for the outputs.
+        profile: time every run with CUDA events on the backend's stream (see :attr:`last_timings`).
 
     ``run`` takes numpy arrays (anything ``numpy.asarray`` accepts) and returns
     numpy arrays on the host, after the engine has finished. Device buffers are
     kept between runs and grown when a larger shape arrives; :meth:`close` frees them.
+
+    With ``profile``, four CUDA events are recorded on the stream of each run: before
+    the host-to-device copies, after them (before ``execute_async_v3``), after the
+    engine and after the device-to-host copies. Once the stream is synchronised,
+    :attr:`last_timings` holds ``{'h2d_ms', 'engine_ms', 'd2h_ms'}`` [ms of GPU time,
+    ``cudaEventElapsedTime``] of that run; without ``profile`` it stays empty.
 
     Raises:
         BackendError: TensorRT, cuda-python, a GPU or the engine file is missing, the
@@ -92,9 +104,12 @@ class TensorRTBackend(Backend):
         device: int = 0,
         expected_inputs: Sequence[TensorSpec] | None = None,
         expected_outputs: Sequence[TensorSpec] | None = None,
+        profile: bool = False,
     ) -> None:
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
         self._stream: Any = None
+        self._events: list[Any] = []  # with profile: start, copied in, engine done, copied out
+        self.last_timings: dict[str, float] = {}
         self.context: Any = None
         self.engine: Any = None
         self.runtime: Any = None
@@ -124,6 +139,27 @@ class TensorRTBackend(Backend):
         if self.context is None:
             raise BackendError(f'tensorrt backend: cannot create an execution context for {where}')
         self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), 'cudaStreamCreate')
+        if profile:
+            for _ in range(len(TIMING_EVENTS)):
+                self._events.append(cuda_check(cudart, cudart.cudaEventCreate(), 'cudaEventCreate'))
+
+    def _mark(self, index: int) -> None:
+        """Record profiling event ``index`` on the stream (nothing without ``profile``)."""
+        if self._events:
+            cudart = self.cudart
+            call = f'cudaEventRecord({TIMING_EVENTS[index]})'
+            cuda_check(cudart, cudart.cudaEventRecord(self._events[index], self._stream), call)
+
+    def _read_timings(self) -> dict[str, float]:
+        """Milliseconds between consecutive profiling events of the finished run."""
+        cudart = self.cudart
+        cuda_check(cudart, cudart.cudaEventSynchronize(self._events[-1]), 'cudaEventSynchronize')
+        timings = {}
+        for index, name in enumerate(TIMINGS):
+            start, end = self._events[index], self._events[index + 1]
+            ms = cuda_check(cudart, cudart.cudaEventElapsedTime(start, end), f'cudaEventElapsedTime({name})')
+            timings[name] = float(ms)
+        return timings
 
     def _buffer(self, name: str, nbytes: int) -> int:
         """Device pointer of at least ``nbytes`` for tensor ``name`` (reused, grown when too small)."""
@@ -145,7 +181,8 @@ class TensorRTBackend(Backend):
         cudart = self.cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        host = {}  # keep the host arrays alive until the stream is synchronised
+        self.last_timings = {}
+        host = []  # (name, device pointer, array): the arrays stay alive until the stream is synchronised
         for spec in self.inputs:
             array = np.ascontiguousarray(np.asarray(feeds[spec.name]), dtype=spec.dtype)
             shape = tuple(int(d) for d in array.shape)
@@ -158,16 +195,10 @@ class TensorRTBackend(Backend):
             if not self.context.set_input_shape(spec.name, shape):
                 raise BackendError(f'tensorrt: set_input_shape refused {spec.name} {list(shape)}')
             pointer = self._buffer(spec.name, array.nbytes)
-            if array.nbytes:
-                cuda_check(
-                    cudart,
-                    cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d, self._stream),
-                    f'cudaMemcpyAsync host to device ({spec.name})',
-                )
             if not self.context.set_tensor_address(spec.name, pointer):
                 raise BackendError(f'tensorrt: set_tensor_address refused input {spec.name}')
-            host[spec.name] = array
-        results = {}
+            host.append((spec.name, pointer, array))
+        results = {}  # every buffer is bound before the first event: the events time stream work only
         for spec in self.outputs:
             shape = tuple(int(d) for d in self.context.get_tensor_shape(spec.name))
             if any(d < 0 for d in shape):
@@ -177,8 +208,18 @@ class TensorRTBackend(Backend):
             if not self.context.set_tensor_address(spec.name, pointer):
                 raise BackendError(f'tensorrt: set_tensor_address refused output {spec.name}')
             results[spec.name] = out
+        self._mark(0)
+        for name, pointer, array in host:
+            if array.nbytes:
+                cuda_check(
+                    cudart,
+                    cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d, self._stream),
+                    f'cudaMemcpyAsync host to device ({name})',
+                )
+        self._mark(1)
         if not self.context.execute_async_v3(int(self._stream)):
             raise BackendError('tensorrt: execute_async_v3 failed (see the TensorRT log)')
+        self._mark(2)
         for name, out in results.items():
             if out.nbytes:
                 cuda_check(
@@ -186,8 +227,11 @@ class TensorRTBackend(Backend):
                     cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name][0], out.nbytes, d2h, self._stream),
                     f'cudaMemcpyAsync device to host ({name})',
                 )
+        self._mark(3)
         cuda_check(cudart, cudart.cudaStreamSynchronize(self._stream), 'cudaStreamSynchronize')
         del host
+        if self._events:
+            self.last_timings = self._read_timings()
         return results
 
     def close(self) -> None:
@@ -207,6 +251,12 @@ class TensorRTBackend(Backend):
             del self._buffers[name]
             try:
                 cuda_check(cudart, cudart.cudaFree(pointer), f'cudaFree({name})')
+            except BackendError as err:
+                errors.append(str(err))
+        while self._events:
+            event = self._events.pop()
+            try:
+                cuda_check(cudart, cudart.cudaEventDestroy(event), 'cudaEventDestroy')
             except BackendError as err:
                 errors.append(str(err))
         if cudart is not None and self._stream is not None:
