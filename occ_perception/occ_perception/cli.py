@@ -175,6 +175,8 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Splat and end-to-end timings on onnxruntime CPU (medians of repeats in one run)."""
+    if getattr(args, 'backend', 'onnxruntime') != 'onnxruntime':
+        return cmd_bench_gpu(args)
     for name in ('repeats', 'm0_repeats'):
         if getattr(args, name) < 1:
             raise CliError(f'--{name.replace("_", "-")}: expected at least 1, got {getattr(args, name)}')
@@ -183,6 +185,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .runtime.bench import run_bench  # imports torch: after the argument checks
 
     run_bench(repeats=args.repeats, m0_repeats=args.m0_repeats, threads=args.threads, skip_m0=args.skip_m0)
+    return 0
+
+
+def cmd_bench_gpu(args: argparse.Namespace) -> int:
+    """The network on TensorRT or onnxruntime CUDA: CUDA-event (or wall) timings and agreement with the CPU.
+
+    Fails with one line (:func:`main`) before any export or build where the GPU backend cannot run.
+    """
+    if args.repeats < 1:
+        raise CliError(f'--repeats: expected at least 1, got {args.repeats}')
+    from .runtime.gpu_bench import check_gpu_backend, format_gpu_bench, run_gpu_bench
+
+    check_gpu_backend(args.backend)
+    from .demo import find_model
+    from .model.config import get_config
+    from .runtime.gpu_bench import model_feeds
+
+    config = get_config(args.config, history=args.history)
+    model = args.model or find_model(config, 'onnxruntime')
+    result = run_gpu_bench(
+        model,
+        model_feeds(config),
+        backend=args.backend,
+        precision=args.precision,
+        repeats=args.repeats,
+        rebuild=args.rebuild,
+        threads=args.threads,
+    )
+    for line in format_gpu_bench(result):
+        print(line)
     return 0
 
 
@@ -544,6 +576,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--m0-repeats', type=int, default=5)
     bench.add_argument('--threads', type=int, default=0, help='onnxruntime intra-op threads (0 = default)')
     bench.add_argument('--skip-m0', action='store_true', help='leave out the slow M0 end-to-end figure')
+    bench.add_argument(
+        '--backend',
+        choices=['onnxruntime', 'tensorrt', 'onnxruntime-cuda'],
+        default='onnxruntime',
+        help='onnxruntime (default): the CPU benchmark; tensorrt, onnxruntime-cuda: the network on a GPU, against the CPU',
+    )
+    bench.add_argument('--precision', choices=['fp16', 'fp32'], default='fp16', help='GPU backends: graph precision')
+    bench.add_argument(
+        '--model', help='GPU backends: fp32 ONNX file (default: the shipped tiny_k2, exported if needed)'
+    )
+    bench.add_argument('--config', default='tiny', choices=sorted(CONFIGS), help='GPU backends: the model config')
+    bench.add_argument('--history', type=int, default=2, help='GPU backends: the model history K (default 2)')
+    bench.add_argument('--rebuild', action='store_true', help='GPU backends: rebuild the engine even when cached')
     bench.set_defaults(func=cmd_bench)
 
     tr = sub.add_parser('train', help='train a network (torchrun --nproc_per_node N for DDP)')

@@ -696,7 +696,7 @@ def test_backend_errors(engine_file, tmp_path, fakes) -> None:
 
 
 def test_tensorrt_path_imports_no_torch(package_dir) -> None:
-    """engine.py and trt_backend.py load with torch unimportable (a TensorRT machine without torch)."""
+    """engine.py, trt_backend.py and gpu_bench.py load with torch unimportable (a TensorRT machine without torch)."""
     code = (
         'import sys\n'
         'class NoTorch:\n'
@@ -704,10 +704,124 @@ def test_tensorrt_path_imports_no_torch(package_dir) -> None:
         "        if name == 'torch' or name.startswith('torch.'):\n"
         "            raise ImportError('torch is blocked')\n"
         'sys.meta_path.insert(0, NoTorch())\n'
-        'import occ_perception.runtime.engine, occ_perception.runtime.trt_backend\n'
+        'import occ_perception.runtime.engine, occ_perception.runtime.trt_backend, occ_perception.runtime.gpu_bench\n'
         "assert 'torch' not in sys.modules\n"
     )
     done = subprocess.run(
         [sys.executable, '-c', code], check=False, cwd=package_dir, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------------------------------------- GPU bench
+
+
+@pytest.fixture(scope='module')
+def tiny_k2(tmp_path_factory, package_dir):
+    """The shipped tiny K=2 model exported to ONNX, and one frame of feeds for it (needs torch)."""
+    pytest.importorskip('torch')
+    from occ_perception.model.checkpoint import load_checkpoint
+    from occ_perception.model.config import get_config
+    from occ_perception.runtime.export import export_onnx
+    from occ_perception.runtime.gpu_bench import model_feeds
+
+    config = get_config('tiny', history=2)
+    net = load_checkpoint(package_dir / 'models' / 'tiny_k2.pt', config).eval()
+    path = export_onnx(net, tmp_path_factory.mktemp('gpu-bench') / 'tiny_k2.onnx')
+    return path, model_feeds(config)
+
+
+def test_gpu_bench_tensorrt_times_with_events_and_compares_with_onnxruntime_cpu(tiny_k2, fakes) -> None:
+    from occ_perception.runtime.gpu_bench import format_gpu_bench, run_gpu_bench
+
+    onnx_path, feeds = tiny_k2
+    trt, cudart = fakes()
+    flipped = 37
+
+    def perturb(outputs: dict) -> None:  # what fp16 numerics might do: some labels, some flow
+        labels = outputs['labels'].reshape(-1)
+        labels[:flipped] = (labels[:flipped] + 1) % 18
+        outputs['flow'][1, 2, 3, 0] += 0.125
+
+    trt.perturb = perturb
+    cudart.engine_ms = [50.0, 50.0] + [float(v) for v in (9, 1, 8, 2, 7, 3, 6, 4, 5)]  # 2 warm-up runs, 9 timed
+    result = run_gpu_bench(onnx_path, feeds, backend='tensorrt', precision='fp32', warmup=2, repeats=9)
+    assert len(trt.builds) == 1 and trt.parsed == [str(onnx_path)]
+    assert result.device == 'NVIDIA Fake GPU' and result.engine.endswith('.engine') and result.repeats == 9
+    assert sorted(result.timings) == ['d2h_ms', 'engine_ms', 'h2d_ms']
+    engine = result.timings['engine_ms']
+    assert (engine.median, engine.p10, engine.p90) == pytest.approx((5.0, 1.8, 8.2))  # 1..9 ms, linear percentiles
+    # every input copied in (images, 5 tables, 3 history tensors), 4 outputs copied out, every run alike
+    h2d, d2h = result.timings['h2d_ms'], result.timings['d2h_ms']
+    assert len(feeds) == 9 and (h2d.median, h2d.p10, h2d.p90) == pytest.approx((9 * 0.25,) * 3)
+    assert (d2h.median, d2h.p10, d2h.p90) == pytest.approx((4 * 0.5,) * 3)
+    # agreement against a real onnxruntime CPU run of the fp32 graph
+    assert result.voxels == 200 * 200 * 16
+    assert result.label_agreement == pytest.approx(1 - flipped / result.voxels, abs=1e-12)
+    assert result.flow_max_abs_diff == pytest.approx(0.125, abs=1e-5)
+    assert not cudart.events and not cudart.memory  # the backend was closed
+    text = '\n'.join(format_gpu_bench(result))
+    assert 'engine_ms  median     5.000 ms   p10     1.800 ms   p90     8.200 ms' in text
+    assert f'labels {100 * (1 - flipped / result.voxels):.3f} % of 640000 voxels' in text and '0.125 m/s' in text
+
+    # the engine is reused from the cache; fp16 parses the fp16 graph beside the ONNX file
+    trt.perturb = None
+    again = run_gpu_bench(onnx_path, feeds, backend='tensorrt', precision='fp32', warmup=1, repeats=1)
+    assert len(trt.builds) == 1 and again.engine == result.engine
+    assert again.label_agreement == 1.0 and again.flow_max_abs_diff == pytest.approx(0.0, abs=1e-5)
+    from occ_perception.runtime.engine import fp16_onnx_path
+
+    half = fp16_onnx_path(onnx_path)
+    half.write_bytes(Path(onnx_path).read_bytes())  # stands in for the ModelOpt graph
+    fp16 = run_gpu_bench(onnx_path, feeds, backend='tensorrt', precision='fp16', warmup=1, repeats=1)
+    assert trt.parsed[-1] == str(half) and '.fp16.' in fp16.engine and fp16.precision == 'fp16'
+
+
+@pytest.mark.filterwarnings('ignore:Specified provider .CUDAExecutionProvider. is not in available')
+def test_gpu_bench_errors(tmp_path, fakes, monkeypatch) -> None:
+    import onnxruntime
+    from occ_perception.runtime.gpu_bench import GpuBenchError, compare_outputs, run_gpu_bench
+
+    onnx_path = graph(tmp_path / 'net.onnx')
+    fakes(cudart=FakeCudart(devices=0))
+    with pytest.raises(GpuBenchError, match='needs a CUDA GPU.*cudaErrorNoDevice'):
+        run_gpu_bench(onnx_path, example(), backend='tensorrt')
+    fakes()
+    with pytest.raises(GpuBenchError, match="output 'flow' missing"):  # the small graph has labels and score
+        run_gpu_bench(onnx_path, example(), backend='tensorrt', precision='fp32', warmup=1, repeats=1)
+    with pytest.raises(GpuBenchError, match='precision'):
+        run_gpu_bench(onnx_path, example(), backend='tensorrt', precision='int8')
+    labels = np.zeros((4, 3, 2), np.uint8)
+    with pytest.raises(GpuBenchError, match="'flow' has shape \\[4, 3, 2, 2\\] on the GPU, \\[3, 4, 2, 2\\]"):
+        compare_outputs(
+            {'labels': labels, 'flow': np.zeros((3, 4, 2, 2), np.float32)},
+            {'labels': labels, 'flow': np.zeros((4, 3, 2, 2), np.float32)},
+        )
+    # onnxruntime offering CUDA but starting on the CPU (no CUDA libraries) is refused, not timed as a GPU
+    monkeypatch.setattr(
+        onnxruntime, 'get_available_providers', lambda: ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    )
+    with pytest.raises(GpuBenchError, match='could not start CUDAExecutionProvider'):
+        run_gpu_bench(onnx_path, example(), backend='onnxruntime-cuda', precision='fp32')
+
+
+def test_bench_without_gpu_libraries_fails_with_one_line(capsys) -> None:
+    """The real environment (no fakes): exit status 2 and one stderr line naming what is missing."""
+    import importlib.util
+
+    import onnxruntime
+    from occ_perception.cli import main
+
+    if importlib.util.find_spec('tensorrt') is None:
+        assert main(['bench', '--backend', 'tensorrt', '--precision', 'fp32']) == 2
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('occ-perception bench: error:'), captured.err
+        assert 'TensorRT' in lines[0] and 'pip install tensorrt' in lines[0]
+        if importlib.util.find_spec('cuda') is None:
+            assert 'cuda-python' in lines[0]
+        assert captured.out == ''
+    if 'CUDAExecutionProvider' not in onnxruntime.get_available_providers():
+        assert main(['bench', '--backend', 'onnxruntime-cuda']) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and 'CUDAExecutionProvider' in lines[0] and 'onnxruntime-gpu' in lines[0]
