@@ -476,12 +476,12 @@ def costmap_values(
 def _any_over_z(mask: np.ndarray, size_z: int) -> np.ndarray:
     """Per column: does any of its ``size_z`` consecutive entries of the flat bool ``mask`` hold? (X * Y,) bool."""
     if size_z % 8 or not mask.flags.c_contiguous:
-        return mask.reshape(-1, size_z).any(axis=1)
+        return np.asarray(mask.reshape(-1, size_z).any(axis=1))
     words = mask.view(np.uint64).reshape(-1, size_z // 8)  # eight voxels per word
     acc = words[:, 0].copy()
     for k in range(1, words.shape[1]):
         acc |= words[:, k]
-    return acc != 0
+    return np.asarray(acc != 0)
 
 
 def costmap_msg(frame: OccFrame, types: MessageTypes, **params: Any) -> Any:
