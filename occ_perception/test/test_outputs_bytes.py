@@ -75,7 +75,8 @@ def _surface(labels: np.ndarray) -> np.ndarray:
 
 
 class Ref:
-    def __init__(self, distro: str) -> None:
+    def __init__(self, distro: str, grid: GridSpec = GRID) -> None:
+        self.grid = grid
         self.store = rosbags_typestore(distro)
         self.t = self.store.types
 
@@ -90,7 +91,9 @@ class Ref:
         return self.t['geometry_msgs/msg/Pose'](point, self.t['geometry_msgs/msg/Quaternion'](0.0, 0.0, 0.0, 1.0))
 
     def info(self):
-        return self.t['occ_perception_msgs/msg/VoxelGridInfo'](self.pose(*GRID.lower), GRID.voxel_size, *GRID.shape)
+        return self.t['occ_perception_msgs/msg/VoxelGridInfo'](
+            self.pose(*self.grid.lower), self.grid.voxel_size, *self.grid.shape
+        )
 
     def semantics(self, f: OccFrame):
         return self.t['occ_perception_msgs/msg/SemanticOccupancy'](
@@ -103,7 +106,7 @@ class Ref:
         )
 
     def flow(self, f: OccFrame):
-        sx, sy, sz = GRID.shape
+        sx, sy, sz = self.grid.shape
         cells = np.argwhere(_occupied(f.labels))
         indices = [(ix * sy + iy) * sz + iz for ix, iy, iz in cells.tolist()]
         vx = [f.flow[ix, iy, iz, 0] for ix, iy, iz in cells.tolist()]
@@ -113,7 +116,7 @@ class Ref:
         )
 
     def center(self, ix: int, iy: int, iz: int) -> tuple[float, float, float]:
-        lo, v = GRID.lower, GRID.voxel_size
+        lo, v = self.grid.lower, self.grid.voxel_size
         return (lo[0] + (ix + 0.5) * v, lo[1] + (iy + 0.5) * v, lo[2] + (iz + 0.5) * v)
 
     def points(self, f: OccFrame):
@@ -161,7 +164,7 @@ class Ref:
 
     def markers(self, f: OccFrame):
         m = self.t['visualization_msgs/msg/Marker']
-        v = GRID.voxel_size
+        v = self.grid.voxel_size
         out = [self.marker('occupancy', 0, m.CUBE_LIST, m.DELETEALL, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.0), [])]
         surface = np.argwhere(_surface(f.labels)).tolist()
         for label in range(256):
@@ -173,9 +176,9 @@ class Ref:
         segments = []
         occ = _occupied(f.labels)
         speed = np.hypot(f.flow[..., 0], f.flow[..., 1])
-        for ix in range(GRID.shape[0]):
-            for iy in range(GRID.shape[1]):
-                moving = [iz for iz in range(GRID.shape[2]) if occ[ix, iy, iz] and speed[ix, iy, iz] > 0.5]
+        for ix in range(self.grid.shape[0]):
+            for iy in range(self.grid.shape[1]):
+                moving = [iz for iz in range(self.grid.shape[2]) if occ[ix, iy, iz] and speed[ix, iy, iz] > 0.5]
                 if not moving:
                     continue
                 iz = moving[-1]
@@ -188,23 +191,22 @@ class Ref:
                     for sign in (1.0, -1.0)
                 ]
                 segments += [start, end, end, heads[0], end, heads[1]]
-        assert segments, 'the frame must have moving voxels'
         out.append(self.marker('occupancy/flow', 0, m.LINE_LIST, m.ADD, (0.1 * v, 0.0, 0.0), (1.0,) * 4, segments))
         return self.t['visualization_msgs/msg/MarkerArray'](out)
 
     def costmap(self, f: OccFrame):
-        sx, sy, sz = GRID.shape
+        sx, sy, sz = self.grid.shape
         cost = np.zeros((sy, sx), np.int8)  # rows along y
         for ix in range(sx):
             for iy in range(sy):
                 observed, obstacle, rough, drivable = False, False, False, False
                 for iz in range(sz):
                     label = int(f.labels[ix, iy, iz])
-                    if label == 255 or f.confidence[ix, iy, iz] == 0:
+                    if label == 255 or (f.confidence is not None and f.confidence[ix, iy, iz] == 0):
                         continue
                     observed = True
-                    z_lo = round(GRID.lower[2] + iz * GRID.voxel_size, 6)
-                    in_band = z_lo < 2.0 and round(z_lo + GRID.voxel_size, 6) > 0.2
+                    z_lo = round(self.grid.lower[2] + iz * self.grid.voxel_size, 6)
+                    in_band = z_lo < 2.0 and round(z_lo + self.grid.voxel_size, 6) > 0.2
                     obstacle |= in_band and label in OBSTACLES
                     rough |= label in (12, 13, 14)
                     drivable |= label == 11
@@ -213,15 +215,15 @@ class Ref:
         sec, nsec = divmod(STAMP, 1_000_000_000)
         info = self.t['nav_msgs/msg/MapMetaData'](
             self.t['builtin_interfaces/msg/Time'](sec, nsec),
-            GRID.voxel_size,
+            self.grid.voxel_size,
             sx,
             sy,
-            self.pose(GRID.lower[0], GRID.lower[1], 0.0),
+            self.pose(self.grid.lower[0], self.grid.lower[1], 0.0),
         )
         return self.t['nav_msgs/msg/OccupancyGrid'](self.header(), info, cost.ravel())
 
     def voxel_grid(self, f: OccFrame):
-        sx, sy, sz = GRID.shape
+        sx, sy, sz = self.grid.shape
         data = np.zeros((sz, sy, sx, 4), np.uint8)
         for label in np.unique(f.labels).tolist():
             where = f.labels.transpose(2, 1, 0) == label
@@ -232,11 +234,11 @@ class Ref:
         fields = [
             t['foxglove_msgs/msg/PackedElementField'](n, i, 1) for i, n in enumerate(('red', 'green', 'blue', 'alpha'))
         ]
-        v = GRID.voxel_size
+        v = self.grid.voxel_size
         return t['foxglove_msgs/msg/VoxelGrid'](
             t['builtin_interfaces/msg/Time'](sec, nsec),
             'base_link',
-            self.pose(*GRID.lower),
+            self.pose(*self.grid.lower),
             sy,
             sx,
             t['geometry_msgs/msg/Vector3'](v, v, v),
@@ -270,6 +272,7 @@ def test_frame_exercises_every_case(frame):
     assert 0 < surface.sum() < _occupied(frame.labels).sum()  # filled volumes have hidden voxels
     assert (frame.labels == 255).any() and (frame.confidence == 0).any()
     assert len(set(np.unique(frame.labels[surface]).tolist())) == 17
+    assert (np.hypot(frame.flow[..., 0], frame.flow[..., 1])[frame.labels == CAR] > 0.5).all()  # flow arrows
 
 
 @pytest.mark.parametrize('distro', DISTROS)
@@ -298,6 +301,38 @@ def test_markers_equal_the_reference_with_and_without_cache(distro, frame):
     _same_cdr(
         ref.store, marker_array_msg(other, types, cache=cache), ref.markers(other), 'visualization_msgs/msg/MarkerArray'
     )
+
+
+def _odd_frames() -> list[OccFrame]:
+    """Mostly unobserved (ground-truth like, Z not a multiple of 8), all free, all occupied, all unobserved."""
+    rng = np.random.default_rng(5)
+    gt_grid = GridSpec(lower=(-8.0, -6.0, -2.2), size=(40, 30, 10), voxel_size=0.4)
+    labels = rng.integers(0, 18, gt_grid.shape, dtype=np.uint8)
+    labels[rng.random(gt_grid.shape) < 0.6] = 255
+    flow = rng.normal(0.0, 2.0, gt_grid.shape + (2,)).astype(np.float32)
+    frames = [OccFrame(stamp_ns=STAMP, grid=gt_grid, labels=labels, flow=flow)]
+    small = GridSpec(lower=(-2.0, -1.6, -1.0), size=(12, 9, 8), voxel_size=0.4)
+    flow = np.full(small.shape + (2,), 1.0, np.float32)
+    for fill in (FREE_LABEL, CAR, 255):
+        labels = np.full(small.shape, fill, np.uint8)
+        conf = np.full(small.shape, 200, np.uint8)
+        frames.append(OccFrame(stamp_ns=STAMP, grid=small, labels=labels, confidence=conf, flow=flow))
+    return frames
+
+
+@pytest.mark.parametrize('index', range(4))
+def test_odd_frames_equal_the_reference(index):
+    frame = _odd_frames()[index]
+    types, ref = MessageTypes.rosbags('jazzy'), Ref('jazzy', frame.grid)
+    pairs = [
+        (occupancy_flow_msg(frame, types), ref.flow(frame), 'occ_perception_msgs/msg/OccupancyFlow'),
+        (pointcloud_msg(frame, types), ref.points(frame), 'sensor_msgs/msg/PointCloud2'),
+        (marker_array_msg(frame, types), ref.markers(frame), 'visualization_msgs/msg/MarkerArray'),
+        (voxel_grid_msg(frame, types), ref.voxel_grid(frame), 'foxglove_msgs/msg/VoxelGrid'),
+        (costmap_msg(frame, types), ref.costmap(frame), 'nav_msgs/msg/OccupancyGrid'),
+    ]
+    for ours, expected, msgtype in pairs:
+        _same_cdr(ref.store, ours, expected, msgtype)
 
 
 def test_messages_from_one_frame_do_not_depend_on_call_order():
