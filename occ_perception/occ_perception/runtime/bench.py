@@ -609,7 +609,7 @@ def run_bench(
             ('preprocess ratio PIL / ours', f'{derived["preprocess_ratio_pil_over_ours"]:8.2f} x', 'target >= 4'),
         ]
     if 'encode' in stages:
-        t, info['encode'] = encode_bench(max(repeats, 5))
+        t, info['encode'] = encode_bench(repeats)
         figures.update(t)
         shape = 'x'.join(str(n) for n in info['encode']['grid'])
         for name in ENCODE_MESSAGES:
@@ -653,7 +653,7 @@ def run_bench(
     load_after = _load()
     rows.append(
         (
-            'load average (1, 5, 15 min) before / after (other processes slow all figures)',
+            '1-minute load average before / after (other processes slow all figures)',
             ' '.join(f'{x:.2f}' for x in load_before[:1]) + ' / ' + ' '.join(f'{x:.2f}' for x in load_after[:1]),
             f'{machine["cpu_count"]} CPUs',
         )
