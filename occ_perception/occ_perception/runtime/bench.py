@@ -41,10 +41,10 @@ from ..grid import OCC3D_GRID, GridSpec
 __all__ = [
     'STAGES',
     'BenchError',
-    'BenchResult',
     'Timing',
     'encode_bench',
     'encode_frame',
+    'interleaved_stats',
     'machine_description',
     'median_time',
     'preprocess_bench',
@@ -62,15 +62,6 @@ ENCODE_MESSAGES: tuple[str, ...] = ('semantics', 'flow', 'points', 'markers', 'c
 
 class BenchError(ValueError):
     """A benchmark parameter is invalid (unknown stage, no repeats) or two paths disagree."""
-
-
-@dataclass(frozen=True)
-class BenchResult:
-    """One benchmark line: a name, the median [s] and the repeats it came from."""
-
-    name: str
-    median_s: float
-    repeats: int
 
 
 @dataclass(frozen=True)
@@ -437,7 +428,7 @@ def encode_bench(
         'occupied_voxels': int(base.occupied_indices.size),
         'surface_voxels': int(base.surface_indices.size),
         'moving_voxels': int(np.count_nonzero((speed > 0.5) & (base.labels != 17))),
-        'message_bytes': {name: int(len(types_bytes(builders[name](fresh()), name))) for name in builders},
+        'message_bytes': {name: int(len(_cdr_bytes(builders[name](fresh()), name))) for name in builders},
     }
     return timings, info
 
@@ -452,7 +443,7 @@ _MSGTYPES = {
 }
 
 
-def types_bytes(msg: object, name: str) -> bytes:
+def _cdr_bytes(msg: object, name: str) -> bytes:
     """CDR bytes of an encode-stage message (jazzy typestore), for the report's message sizes."""
     from ..messages import rosbags_typestore
 
@@ -530,21 +521,6 @@ def model_bench(config_name: str, workdir: Path, repeats: int, threads: int = 0)
     backend = OnnxRuntimeBackend(path, threads=threads)
     feeds = sample_inputs(net)
     return time_stats(f'{config_name}_ort', lambda: backend.run(feeds), repeats)
-
-
-def parse_stages(text: str) -> tuple[str, ...]:
-    """Comma-separated stage names (``'preprocess,encode'``; ``'all'``) in :data:`STAGES` order.
-
-    Raises:
-        BenchError: an unknown or no stage name.
-    """
-    names = [n.strip() for n in text.split(',') if n.strip()]
-    if names == ['all']:
-        return STAGES
-    unknown = [n for n in names if n not in STAGES]
-    if unknown or not names:
-        raise BenchError(f'--stages: expected a comma-separated subset of {",".join(STAGES)} (or all), got {text!r}')
-    return tuple(n for n in STAGES if n in names)
 
 
 def _ms(t: Timing) -> str:
