@@ -54,7 +54,7 @@ demo: $(STAMP)
 	$(VENV)/bin/occ-perception demo --out demo_out
 
 bench: $(STAMP)
-	$(VENV)/bin/occ-perception bench
+	$(VENV)/bin/occ-perception bench --json bench_out/bench.json
 
 clean:
 	rm -rf $(VENV) $(COMPAT) build occ_perception/build occ_perception/*.egg-info

@@ -174,7 +174,8 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Splat and end-to-end timings on onnxruntime CPU (medians of repeats in one run)."""
+    """Per-stage timings of the frame path with baselines in the same run (median, 10th, 90th percentile);
+    with ``--backend tensorrt|onnxruntime-cuda`` the network on a GPU (:func:`cmd_bench_gpu`)."""
     if getattr(args, 'backend', 'onnxruntime') != 'onnxruntime':
         return cmd_bench_gpu(args)
     for name in ('repeats', 'm0_repeats'):
@@ -182,10 +183,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise CliError(f'--{name.replace("_", "-")}: expected at least 1, got {getattr(args, name)}')
     if args.threads < 0:
         raise CliError(f'--threads: expected 0 (default) or more, got {args.threads}')
+    names = [n.strip() for n in args.stages.split(',') if n.strip()]
+    if names != ['all'] and (not names or any(n not in BENCH_STAGES for n in names)):
+        raise CliError(
+            f'--stages: expected a comma-separated subset of {",".join(BENCH_STAGES)} or all, got {args.stages!r}'
+        )
+    stages = BENCH_STAGES if names == ['all'] else tuple(n for n in BENCH_STAGES if n in names)
     from .runtime.bench import run_bench  # imports torch: after the argument checks
 
-    run_bench(repeats=args.repeats, m0_repeats=args.m0_repeats, threads=args.threads, skip_m0=args.skip_m0)
+    run_bench(
+        repeats=args.repeats,
+        m0_repeats=args.m0_repeats,
+        threads=args.threads,
+        skip_m0=args.skip_m0,
+        stages=stages,
+        images=args.images,
+        json_path=args.json,
+    )
     return 0
+
+
+BENCH_STAGES = ('preprocess', 'encode', 'splat', 'network')
+"""The stages of ``occ-perception bench`` (runtime.bench.STAGES, repeated here so the CLI checks without torch)."""
 
 
 def cmd_bench_gpu(args: argparse.Namespace) -> int:
@@ -571,8 +590,22 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument('--rebuild', action='store_true', help='build even if the cache holds an engine for this key')
     eng.set_defaults(func=cmd_build_engine)
 
-    bench = sub.add_parser('bench', help='splat and end-to-end timings on onnxruntime CPU')
-    bench.add_argument('--repeats', type=int, default=15)
+    bench = sub.add_parser(
+        'bench', help='per-stage timings: preprocessing, output encoding, splat, network (baselines in the same run)'
+    )
+    bench.add_argument('--repeats', type=int, default=15, help='timed repeats per figure after warm-up')
+    bench.add_argument(
+        '--stages',
+        default='all',
+        help=f'comma-separated stages to run, of {",".join(BENCH_STAGES)} (default all), e.g. preprocess,encode',
+    )
+    bench.add_argument(
+        '--images',
+        choices=('synth', 'texture'),
+        default='synth',
+        help='JPEGs of the preprocess stage: a rendered synthetic-world frame (default) or textured pictures (fast)',
+    )
+    bench.add_argument('--json', metavar='PATH', help='also write every figure and the machine description as JSON')
     bench.add_argument('--m0-repeats', type=int, default=5)
     bench.add_argument('--threads', type=int, default=0, help='onnxruntime intra-op threads (0 = default)')
     bench.add_argument('--skip-m0', action='store_true', help='leave out the slow M0 end-to-end figure')

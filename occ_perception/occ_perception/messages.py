@@ -45,11 +45,13 @@ __all__ = [
     'find_msg_dir',
     'flow_from_dense',
     'foxglove_msg_definitions',
+    'gather_pairs',
     'make_occupancy_flow',
     'make_pointcloud2',
     'make_semantic_occupancy',
     'msg_definitions',
     'occupancy_points',
+    'occupied_indices',
     'read_occupancy_flow',
     'read_pointcloud2',
     'read_semantic_occupancy',
@@ -382,12 +384,18 @@ class FlowArrays:
 
 
 def flow_from_dense(
-    labels: np.ndarray, flow: np.ndarray, free_label: int = FREE_LABEL
+    labels: np.ndarray,
+    flow: np.ndarray,
+    free_label: int = FREE_LABEL,
+    indices: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sparse flow of the occupied voxels.
 
     Args:
         labels: (X, Y, Z) uint8. flow: (X, Y, Z, 2) float [m/s].
+        indices: the flat indices of the occupied voxels, ascending, when the caller has them already
+            (:func:`occupied_indices`; an :class:`~occ_perception.outputs.OccFrame` caches them); None
+            computes them from ``labels``.
 
     Returns:
         ``(indices, velocity)``: (N,) uint32 flat indices of the voxels whose
@@ -398,10 +406,28 @@ def flow_from_dense(
     """
     if flow.shape != labels.shape + (2,):
         raise MessagesError(f'flow: expected shape {labels.shape + (2,)} to match labels, got {flow.shape}')
+    if indices is None:
+        indices = occupied_indices(labels, free_label)
+    return indices.astype(np.uint32), gather_pairs(flow, indices)
+
+
+def occupied_indices(labels: np.ndarray, free_label: int = FREE_LABEL) -> np.ndarray:
+    """Flat indices (ascending, intp) of the voxels whose label is neither ``free_label`` nor 255 (unobserved)."""
     flat = labels.reshape(-1)
-    indices = np.flatnonzero((flat != free_label) & (flat != 255)).astype(np.uint32)
-    velocity = np.ascontiguousarray(flow.reshape(-1, 2)[indices], dtype=np.float32)
-    return indices, velocity
+    mask = flat != free_label
+    mask &= flat != 255
+    return np.flatnonzero(mask)
+
+
+def gather_pairs(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Rows ``indices`` of (..., 2) float32 ``values`` flattened to (M, 2): an (N, 2) float32 contiguous array.
+
+    A C-contiguous float32 input is gathered as one 8-byte word per pair (a single take, no temporaries).
+    """
+    if values.dtype == np.float32 and values.flags.c_contiguous:
+        words = values.reshape(-1).view(np.uint64)
+        return np.take(words, indices).view(np.float32).reshape(-1, 2)
+    return np.ascontiguousarray(values.reshape(-1, 2)[indices], dtype=np.float32)
 
 
 def make_occupancy_flow(
@@ -472,13 +498,42 @@ POINT_DTYPE = np.dtype(
 """One point of our clouds: rgb is RViz's packed float (0x00RRGGBB bits), label uint8, vx/vy [m/s]."""
 
 
+@functools.lru_cache(maxsize=8)
+def _centre_tables(grid: GridSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel-centre lookup tables of a grid: (X * Y, 2) float32 (x, y) per column and (Z,) float32 z [m].
+
+    The values are the float64 centres (lower + (i + 0.5) * voxel_size) rounded once to float32.
+    """
+    xs, ys, zs = (grid.axis_centers(a) for a in range(3))
+    xy = np.stack(np.meshgrid(xs, ys, indexing='ij'), axis=-1).reshape(-1, 2).astype(np.float32)
+    xy.flags.writeable = False
+    z = zs.astype(np.float32)
+    z.flags.writeable = False
+    return xy, z
+
+
+@functools.lru_cache(maxsize=1)
+def _packed_rgb() -> np.ndarray:
+    """(256,) uint32 RViz rgb word (0x00RRGGBB) of each label's class colour."""
+    rgb = class_colors().astype(np.uint32)
+    packed = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    packed.flags.writeable = False
+    return packed
+
+
 def occupancy_points(
-    grid: GridSpec, labels: np.ndarray, flow: np.ndarray | None = None, free_label: int = FREE_LABEL
+    grid: GridSpec,
+    labels: np.ndarray,
+    flow: np.ndarray | None = None,
+    free_label: int = FREE_LABEL,
+    indices: np.ndarray | None = None,
 ) -> np.ndarray:
     """Voxel centres of the occupied voxels as a :data:`POINT_DTYPE` array (flat-index order).
 
     Args:
         labels: (X, Y, Z) uint8 in ``grid``'s shape. flow: (X, Y, Z, 2) [m/s] or None (zeros).
+        indices: flat indices (ascending) of the voxels to emit, when the caller has them already
+            (the occupied voxels, or a subset such as the surface voxels); None: every occupied voxel.
 
     Raises:
         MessagesError: an array's shape (for example (Y, X, Z), as many voxels in another order) or dtype
@@ -487,20 +542,24 @@ def occupancy_points(
     _check_grid_array(labels, grid, 'labels')
     if flow is not None and tuple(flow.shape) != grid.shape + (2,):
         raise MessagesError(f'flow: expected shape {grid.shape + (2,)} (the grid), got {tuple(flow.shape)}')
-    flat = labels.reshape(-1)
-    idx = np.flatnonzero((flat != free_label) & (flat != 255))
-    centers = grid.flat_centers(idx).astype(np.float32)
-    lab = flat[idx]
-    rgb = class_colors()[lab].astype(np.uint32)
-    packed = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-    points = np.zeros(idx.size, dtype=POINT_DTYPE)
-    points['x'], points['y'], points['z'] = centers[:, 0], centers[:, 1], centers[:, 2]
-    points['rgb'] = packed.view(np.float32)
-    points['label'] = lab
-    if flow is not None:
-        vel = flow.reshape(-1, 2)[idx]
-        points['vx'], points['vy'] = vel[:, 0], vel[:, 1]
-    return points
+    if indices is None:
+        indices = occupied_indices(labels, free_label)
+    sz = grid.shape[2]
+    xy_table, z_table = _centre_tables(grid)
+    column, iz = np.divmod(indices, sz)
+    lab = np.take(labels.reshape(-1), indices)
+    # one row of seven 4-byte words per point, the POINT_DTYPE layout: x, y, z, rgb, vx, vy, label (+3 zero bytes)
+    rows = np.empty((indices.size, 7), dtype='<f4')
+    words = rows.view('<u4')
+    rows[:, 0:2] = np.take(xy_table, column, axis=0)
+    rows[:, 2] = np.take(z_table, iz)
+    words[:, 3] = np.take(_packed_rgb(), lab)
+    if flow is None:
+        rows[:, 4:6] = 0.0
+    else:
+        rows[:, 4:6] = gather_pairs(flow, indices)
+    words[:, 6] = lab
+    return rows.view(POINT_DTYPE).reshape(-1)
 
 
 def make_pointcloud2(types: MessageTypes, stamp_ns: int, frame_id: str, points: np.ndarray) -> Any:

@@ -27,10 +27,12 @@ from .grid import CLASSES, FREE_LABEL, UNOBSERVED_LABEL, GridSpec, class_colors
 from .messages import (
     MessageTypes,
     flow_from_dense,
+    gather_pairs,
     make_occupancy_flow,
     make_pointcloud2,
     make_semantic_occupancy,
     occupancy_points,
+    occupied_indices,
 )
 from .rig import FLASHOCC_CAMERA_ORDER
 
@@ -90,6 +92,10 @@ class OccFrame:
         timings: stage name -> duration [s].
         reset_reason: why the temporal cache was reset at this frame, or None.
 
+    The voxel selections every output needs (:attr:`nonfree_indices`, :attr:`occupied_indices`,
+    :attr:`surface_indices`) are computed on first use and cached on the frame, so a frame's arrays must
+    not be modified once a message has been built from it.
+
     Raises:
         OutputsError: an array's shape or dtype does not fit the grid.
     """
@@ -117,6 +123,22 @@ class OccFrame:
                 raise OutputsError(
                     f'OccFrame.{name}: expected shape {self.grid.shape + trailing} (the grid), got {values.shape}'
                 )
+
+    @functools.cached_property
+    def nonfree_indices(self) -> np.ndarray:
+        """Flat indices (ascending, intp) of the voxels not labelled free: occupied and unobserved (255)."""
+        return np.flatnonzero(self.labels.reshape(-1) != FREE_LABEL)
+
+    @functools.cached_property
+    def occupied_indices(self) -> np.ndarray:
+        """Flat indices (ascending, intp) of the occupied voxels (label neither free nor 255)."""
+        nonfree = self.nonfree_indices
+        return nonfree[np.take(self.labels.reshape(-1), nonfree) != UNOBSERVED_LABEL]
+
+    @functools.cached_property
+    def surface_indices(self) -> np.ndarray:
+        """Flat indices (ascending, intp) of the :func:`surface_mask` voxels."""
+        return _surface_indices(self.labels, self.occupied_indices)
 
 
 # ---------------------------------------------------------------------------
@@ -148,17 +170,29 @@ def surface_mask(labels: np.ndarray, free_label: int = FREE_LABEL) -> np.ndarray
     Returns:
         (X, Y, Z) bool: the voxels a viewer can see from outside, not the filled volume.
     """
-    shape = tuple(int(n) for n in labels.shape)
-    if len(shape) != 3:
+    if labels.ndim != 3:
         raise OutputsError(f'surface_mask labels: expected (X, Y, Z), got shape {labels.shape}')
-    occ = _occupied(labels, free_label).reshape(-1)
-    # Neighbours along z, y and x are 1, Z and Y * Z apart in the flat C-order array. Shifted slices wrap
-    # across rows at the faces, but face voxels are exposed anyway and are set from the border mask.
-    inner = occ & ~_border(shape)  # type: ignore[arg-type]
+    mask = np.zeros(labels.size, dtype=bool)
+    mask[_surface_indices(labels, occupied_indices(labels, free_label), free_label)] = True
+    return mask.reshape(labels.shape)
+
+
+def _surface_indices(labels: np.ndarray, occupied: np.ndarray, free_label: int = FREE_LABEL) -> np.ndarray:
+    """The subset of ``occupied`` (flat indices, ascending) with a free or unobserved 6-neighbour or on a face.
+
+    Works on the occupied voxels only: six gathers of neighbour labels, no pass over the whole grid.
+    """
+    shape = tuple(int(n) for n in labels.shape)
+    flat = labels.reshape(-1)
+    exposed = np.take(_border(shape), occupied)  # type: ignore[arg-type]
+    # Neighbours along z, y and x are 1, Z and Y * Z apart in the flat C-order array. Indices of face voxels
+    # wrap across rows or leave the array ('clip'), but face voxels are exposed anyway.
     for step in (1, shape[2], shape[1] * shape[2]):
-        inner[:-step] &= occ[step:]
-        inner[step:] &= occ[:-step]
-    return (occ & ~inner).reshape(shape)
+        for neighbour in (occupied - step, occupied + step):
+            label = np.take(flat, neighbour, mode='clip')
+            exposed |= label == free_label
+            exposed |= label == UNOBSERVED_LABEL
+    return occupied[exposed]
 
 
 # ---------------------------------------------------------------------------
@@ -174,7 +208,7 @@ def occupancy_flow_msg(frame: OccFrame, types: MessageTypes) -> Any | None:
     """``occ_perception_msgs/OccupancyFlow`` of the occupied voxels, or None when the frame has no flow."""
     if frame.flow is None:
         return None
-    indices, velocity = flow_from_dense(frame.labels, frame.flow)
+    indices, velocity = flow_from_dense(frame.labels, frame.flow, indices=frame.occupied_indices)
     return make_occupancy_flow(types, frame.stamp_ns, frame.frame_id, frame.grid, indices, velocity)
 
 
@@ -184,10 +218,8 @@ def pointcloud_msg(frame: OccFrame, types: MessageTypes, surface_only: bool = Tr
     Args:
         surface_only: keep only :func:`surface_mask` voxels, so RViz draws surfaces, not filled volumes.
     """
-    labels = frame.labels
-    if surface_only:
-        labels = np.where(surface_mask(labels), labels, np.uint8(FREE_LABEL))
-    points = occupancy_points(frame.grid, labels, frame.flow)
+    indices = frame.surface_indices if surface_only else frame.occupied_indices
+    points = occupancy_points(frame.grid, frame.labels, frame.flow, indices=indices)
     return make_pointcloud2(types, frame.stamp_ns, frame.frame_id, points)
 
 
@@ -255,9 +287,8 @@ def _moving_columns(frame: OccFrame, min_speed: float) -> tuple[np.ndarray, np.n
     """(N, 3) (ix, iy, iz) of the highest occupied voxel faster than ``min_speed`` [m/s] in each (x, y) column
     that has one, and its (N, 2) (vx, vy)."""
     assert frame.flow is not None
-    flat_labels = frame.labels.reshape(-1)
-    occupied = np.flatnonzero((flat_labels != FREE_LABEL) & (flat_labels != UNOBSERVED_LABEL))
-    vel = frame.flow.reshape(-1, 2)[occupied]
+    occupied = frame.occupied_indices
+    vel = gather_pairs(frame.flow, occupied)
     fast = occupied[np.hypot(vel[:, 0], vel[:, 1]) > min_speed]  # ascending flat index: z grows within a column
     column = fast // frame.grid.shape[2]
     top = fast[np.append(column[1:] != column[:-1], True)] if fast.size else fast
@@ -321,8 +352,7 @@ def marker_array_msg(
     header = types.header(frame.stamp_ns, frame.frame_id)
     marker_cls = types.resolve('visualization_msgs/msg/Marker')
     markers = [_marker(types, header, ns, 0, marker_cls.CUBE_LIST, marker_cls.DELETEALL, (1, 1, 1), (0, 0, 0, 0), [])]
-    surface = surface_mask(frame.labels)
-    flat = np.flatnonzero(surface)
+    flat = frame.surface_indices
     labels = frame.labels.reshape(-1)[flat]
     order = np.argsort(labels, kind='stable')
     flat, labels = flat[order], labels[order]
@@ -379,6 +409,7 @@ def costmap_values(
     height_band: tuple[float, float] = HEIGHT_BAND,
     rough_labels: Sequence[int] = ROUGH_LABELS,
     rough_cost: int = 50,
+    occupied: np.ndarray | None = None,
 ) -> np.ndarray:
     """The grid flattened to a 2-D cost per (x, y) column, (X, Y) int8.
 
@@ -387,6 +418,10 @@ def costmap_values(
     ``height_band`` ([z_min, z_max) in metres of ``base_link``) has an obstacle label; otherwise -1 where no
     voxel is observed; otherwise ``rough_cost`` where observed flat ground of ``rough_labels`` (sidewalk,
     terrain, other flat) is present and no drivable surface; otherwise 0 (drivable or free).
+
+    Args:
+        occupied: flat indices of the occupied voxels (:func:`~occ_perception.messages.occupied_indices`)
+            when the caller has them already; None computes them.
 
     Raises:
         OutputsError: an empty or inverted height band, or a cost outside 0..100.
@@ -397,43 +432,56 @@ def costmap_values(
     if not 0 <= int(rough_cost) <= 100:
         raise OutputsError(f'costmap rough_cost: expected 0..100, got {rough_cost}')
     grid.check_array(labels, 'costmap labels')
-    z_lo = grid.lower[2] + np.arange(grid.shape[2]) * grid.voxel_size
+    sx, sy, sz = grid.shape
+    z_lo = grid.lower[2] + np.arange(sz) * grid.voxel_size
     eps = 1e-6 * grid.voxel_size  # a voxel that only touches the band's edge is outside it
     band = (z_lo < z_max - eps) & (z_lo + grid.voxel_size > z_min + eps)
-    # one lookup gives each voxel's role bits; columns are OR-reduced over z
-    lut = np.zeros(256, dtype=np.uint8)
-    lut[:255] = _OBSERVED
-    lut[list(rough_labels)] |= _ROUGH
-    lut[list(DRIVABLE_LABELS)] |= _DRIVABLE
-    lut[list(obstacle_labels)] |= _OBSTACLE
-    lut[UNOBSERVED_LABEL] = 0
-    bits = np.take(lut, labels)
+    # one lookup gives each label's role bits; obstacles count only inside the height band
+    roles = np.zeros(256, dtype=np.uint8)
+    roles[list(rough_labels)] |= _ROUGH
+    roles[list(DRIVABLE_LABELS)] |= _DRIVABLE
+    roles[list(obstacle_labels)] |= _OBSTACLE
+    roles[UNOBSERVED_LABEL] = 0
+    layer_mask = np.where(band, 0xFF, 0xFF & ~_OBSTACLE).astype(np.uint8)
+    flat = labels.reshape(-1)
+    observed = flat != UNOBSERVED_LABEL
+    conf = None
     if confidence is not None:
         grid.check_array(confidence, 'costmap confidence')
-        bits *= confidence > 0  # voxels only a failed camera could see count as unobserved
-    layer_mask = np.where(band, 0xFF, 0xFF & ~_OBSTACLE).astype(np.uint8)
-    bits &= layer_mask  # obstacles count only inside the height band
-    column = _or_over_z(bits)
-    cost = np.zeros(grid.shape[:2], dtype=np.int8)
-    cost[(column & _ROUGH).astype(bool) & ~(column & _DRIVABLE).astype(bool)] = rough_cost
-    cost[(column & _OBSERVED) == 0] = -1
-    cost[(column & _OBSTACLE) != 0] = 100
-    return cost
+        conf = confidence.reshape(-1)
+        observed &= conf != 0  # voxels only a failed camera could see count as unobserved
+    # Only voxels with a role matter for the role bits: the occupied ones, unless a role names the free label.
+    if roles[FREE_LABEL]:
+        candidates = np.flatnonzero(np.take(roles, flat))
+    else:
+        candidates = occupied_indices(labels) if occupied is None else occupied
+    if conf is not None:
+        candidates = candidates[np.take(conf, candidates) != 0]
+    column, iz = np.divmod(candidates, sz)
+    bits = np.take(roles, np.take(flat, candidates))
+    bits &= np.take(layer_mask, iz)
+
+    def columns_with(bit: int) -> np.ndarray:
+        hit = np.zeros(sx * sy, dtype=bool)
+        hit[column[(bits & bit) != 0]] = True
+        return hit
+
+    cost = np.zeros(sx * sy, dtype=np.int8)
+    cost[columns_with(_ROUGH) & ~columns_with(_DRIVABLE)] = rough_cost
+    cost[~_any_over_z(observed, sz)] = -1
+    cost[columns_with(_OBSTACLE)] = 100
+    return cost.reshape(sx, sy)
 
 
-def _or_over_z(bits: np.ndarray) -> np.ndarray:
-    """Bitwise OR over the last axis of an (X, Y, Z) uint8 array, (X, Y) uint8."""
-    sz = bits.shape[2]
-    if sz % 8:
-        return np.bitwise_or.reduce(bits, axis=2)
-    words = np.ascontiguousarray(bits).view(np.uint64)  # (X, Y, Z / 8): eight voxels per word
-    acc = words[:, :, 0].copy()
-    for k in range(1, words.shape[2]):
-        acc |= words[:, :, k]
-    acc |= acc >> np.uint64(32)
-    acc |= acc >> np.uint64(16)
-    acc |= acc >> np.uint64(8)
-    return (acc & np.uint64(0xFF)).astype(np.uint8)
+def _any_over_z(mask: np.ndarray, size_z: int) -> np.ndarray:
+    """Per column: does any of its ``size_z`` consecutive entries of the flat bool ``mask`` hold? (X * Y,) bool."""
+    if size_z % 8 or not mask.flags.c_contiguous:
+        return np.asarray(mask.reshape(-1, size_z).any(axis=1))
+    words = mask.view(np.uint64).reshape(-1, size_z // 8)  # eight voxels per word
+    acc = words[:, 0].copy()
+    for k in range(1, words.shape[1]):
+        acc |= words[:, k]
+    return np.asarray(acc != 0)
 
 
 def costmap_msg(frame: OccFrame, types: MessageTypes, **params: Any) -> Any:
@@ -443,7 +491,7 @@ def costmap_msg(frame: OccFrame, types: MessageTypes, **params: Any) -> Any:
     rows along y, so cell (ix, iy) is ``data[iy * size_x + ix]``; ``info.origin`` is the grid's minimum
     corner in x and y, at z = 0 (the ground of ``base_link``), identity orientation.
     """
-    cost = costmap_values(frame.labels, frame.grid, frame.confidence, **params)
+    cost = costmap_values(frame.labels, frame.grid, frame.confidence, occupied=frame.occupied_indices, **params)
     sx, sy, _ = frame.grid.shape
     header = types.header(frame.stamp_ns, frame.frame_id)
     info = types.make(
@@ -461,10 +509,17 @@ def costmap_msg(frame: OccFrame, types: MessageTypes, **params: Any) -> Any:
 # foxglove_msgs/VoxelGrid
 
 
-def voxel_grid_rgba(labels: np.ndarray, alpha: int = 255, free_label: int = FREE_LABEL) -> np.ndarray:
+def voxel_grid_rgba(
+    labels: np.ndarray, alpha: int = 255, free_label: int = FREE_LABEL, nonfree: np.ndarray | None = None
+) -> np.ndarray:
     """RGBA bytes of every voxel in Z-Y-X order (foxglove VoxelGrid ``data``), (Z, Y, X, 4) uint8.
 
     Class colours with ``alpha``; free and unobserved voxels are transparent (alpha 0).
+
+    Args:
+        labels: (X, Y, Z) uint8.
+        nonfree: flat indices of the voxels not labelled ``free_label``, when the caller has them already
+            (:attr:`OccFrame.nonfree_indices`); None computes them.
     """
     table = np.zeros((256, 4), dtype=np.uint8)
     table[:, :3] = class_colors()
@@ -472,8 +527,18 @@ def voxel_grid_rgba(labels: np.ndarray, alpha: int = 255, free_label: int = FREE
     table[free_label, 3] = 0
     table[UNOBSERVED_LABEL, 3] = 0
     packed = table.view(np.uint32).reshape(256)  # one 4-byte RGBA word per label, byte order kept
-    zyx = np.take(packed, labels.transpose(2, 1, 0))
-    return zyx.view(np.uint8).reshape(zyx.shape + (4,))
+    sx, sy, sz = labels.shape
+    flat = labels.reshape(-1)
+    if nonfree is None:
+        nonfree = np.flatnonzero(flat != free_label)
+    if 4 * nonfree.size > flat.size:  # mostly non-free: one transposed lookup is cheaper than a scatter
+        zyx = np.take(packed, labels.transpose(2, 1, 0))
+    else:  # mostly free: fill with the free word, then write the other voxels at their Z-Y-X positions
+        zyx = np.full(flat.size, packed[free_label], dtype=np.uint32)
+        ix, rest = np.divmod(nonfree, sy * sz)
+        iy, iz = np.divmod(rest, sz)
+        zyx[(iz * sy + iy) * sx + ix] = np.take(packed, np.take(flat, nonfree))
+    return zyx.view(np.uint8).reshape(sz, sy, sx, 4)
 
 
 def voxel_grid_msg(frame: OccFrame, types: MessageTypes, alpha: int = 255) -> Any:
@@ -502,7 +567,7 @@ def voxel_grid_msg(frame: OccFrame, types: MessageTypes, alpha: int = 255) -> An
         row_stride=4 * sx,
         cell_stride=4,
         fields=fields,
-        data=types.pack(voxel_grid_rgba(frame.labels, alpha).reshape(-1), 'uint8'),
+        data=types.pack(voxel_grid_rgba(frame.labels, alpha, nonfree=frame.nonfree_indices).reshape(-1), 'uint8'),
     )
 
 
