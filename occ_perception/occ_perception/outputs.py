@@ -283,11 +283,19 @@ def _marker(
     )
 
 
+_DYNAMIC = np.zeros(256, dtype=bool)
+_DYNAMIC[[c.label for c in CLASSES if c.dynamic]] = True
+
+
 def _moving_columns(frame: OccFrame, min_speed: float) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3) (ix, iy, iz) of the highest occupied voxel faster than ``min_speed`` [m/s] in each (x, y) column
-    that has one, and its (N, 2) (vx, vy)."""
+    """(N, 3) (ix, iy, iz) of the highest voxel of a movable class (``ClassInfo.dynamic``: vehicles, bicycles,
+    pedestrians) faster than ``min_speed`` [m/s] in each (x, y) column that has one, and its (N, 2) (vx, vy).
+
+    Flow predicted on static classes (ground, buildings) is not drawn: it has no ground truth (Occ3D flow is
+    zero there) and would only show the flow head's noise."""
     assert frame.flow is not None
     occupied = frame.occupied_indices
+    occupied = occupied[_DYNAMIC[frame.labels.reshape(-1)[occupied]]]
     vel = gather_pairs(frame.flow, occupied)
     fast = occupied[np.hypot(vel[:, 0], vel[:, 1]) > min_speed]  # ascending flat index: z grows within a column
     column = fast // frame.grid.shape[2]
@@ -690,7 +698,7 @@ def render_panel(
         images: (6, H, W, 3) uint8 RGB in rig order (front-left, front, front-right, back-left, back,
             back-right: drawn as two rows of three), or None.
         gt_labels: (X, Y, Z) uint8 ground truth, or None. pred_labels: (X, Y, Z) uint8.
-        pred_flow: (X, Y, Z, 2) float [m/s] drawn as arrows (every 4th column, speed above ``min_speed``,
+        pred_flow: (X, Y, Z, 2) float [m/s] drawn as arrows (voxels of movable classes, every 4th column, speed above ``min_speed``,
             length = 1 s of motion) on the prediction, or None.
         grid: the voxel grid. title: text at the top. scale: pixels per voxel in the top views.
 

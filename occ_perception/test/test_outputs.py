@@ -170,6 +170,10 @@ def test_markers_one_cube_list_per_class_and_flow_lines(distro):
     labels, flow = _scene(grid)
     slow = labels == VEG
     flow[slow] = (0.2, 0.0)  # below the speed threshold: no arrow
+    static_classes = [c.label for c in CLASSES if not c.dynamic and c.label not in (VEG, FREE_LABEL)]
+    static = np.isin(labels, static_classes)
+    assert static.any()
+    flow[static] = (4.0, 1.0)  # fast, but on static classes (no ground truth flow there): no arrow
     frame = OccFrame(stamp_ns=STAMP, grid=grid, labels=labels, flow=flow)
     msg = roundtrip(
         distro,
