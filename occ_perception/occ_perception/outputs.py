@@ -735,7 +735,7 @@ def render_panel(
     _text(
         header,
         'top views: front (+x) up, left (+y) left, ego at the white marker, '
-        'highest occupied class per column; arrows: flow over 1 s',
+        'highest occupied class per column; arrows: flow of movable classes over 1 s',
         (10, 56),
         0.5,
         (210, 210, 210),
