@@ -330,13 +330,24 @@ class StaticTransforms:
 
 
 def _advance(pose: Transform, linear: np.ndarray, angular: np.ndarray, dt: float) -> Transform:
-    """``pose`` moved for ``dt`` [s] at constant body-frame twist (linear [m/s], angular [rad/s])."""
+    """``pose`` moved for ``dt`` [s] at constant body-frame twist (linear [m/s], angular [rad/s]).
+
+    Raises:
+        GeometryError: the motion overflows (a huge twist).
+    """
     if dt == 0.0:
         return pose
-    rotvec = angular * dt
-    angle = float(np.linalg.norm(rotvec))
-    delta = Quaternion(axis=rotvec / angle, angle=angle) if angle > 0 else Quaternion()
-    return Transform(pose.rotation * delta, pose.translation + pose.rotation.rotate(linear * dt))
+    with np.errstate(over='ignore', invalid='ignore'):
+        rotvec = angular * dt
+        angle = float(np.linalg.norm(rotvec))
+        shift = linear * dt
+    if not (np.isfinite(angle) and np.all(np.isfinite(shift))):
+        raise GeometryError(f'Odometry twist {linear.tolist()}, {angular.tolist()} over {dt} s is not a finite motion')
+    if angle < 1e-12:  # below float resolution of the axis: no rotation (also avoids a 0 / 0 axis)
+        delta = Quaternion()
+    else:
+        delta = Quaternion(scalar=float(np.cos(angle / 2)), vector=np.sin(angle / 2) * rotvec / angle)
+    return Transform(pose.rotation * delta, pose.translation + pose.rotation.rotate(shift))
 
 
 def _vec(v: Any) -> np.ndarray:

@@ -90,12 +90,13 @@ class Transform:
         return cls(Quaternion(matrix=rot, atol=1e-6, rtol=1e-6), m[:3, 3])
 
     @classmethod
-    def from_xyzw(cls, translation: Sequence[float], xyzw: Sequence[float], check_unit: bool = True) -> Transform:
+    def from_xyzw(cls, translation: Sequence[float], xyzw: Sequence[float], check_unit: bool = False) -> Transform:
         """From a translation [m] and a ROS-order quaternion (x, y, z, w).
 
         Args:
             check_unit: refuse a quaternion whose squared norm is off 1 by more than
-                :data:`UNIT_QUATERNION_TOLERANCE` (as tf2 does); smaller errors are normalised away.
+                :data:`UNIT_QUATERNION_TOLERANCE` (as tf2 does with messages); otherwise, and for smaller
+                errors, the quaternion is normalised.
 
         Raises:
             GeometryError: NaN or infinite values, a zero quaternion, or (``check_unit``) a non-unit one.
@@ -124,7 +125,7 @@ class Transform:
             t, q = msg.translation, msg.rotation
         else:
             t, q = msg.position, msg.orientation
-        return cls.from_xyzw([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
+        return cls.from_xyzw([t.x, t.y, t.z], [q.x, q.y, q.z, q.w], check_unit=True)
 
     @classmethod
     def from_yaw(cls, yaw: float, translation: Sequence[float] = (0.0, 0.0, 0.0)) -> Transform:
