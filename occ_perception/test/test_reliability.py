@@ -33,8 +33,10 @@ from occ_perception.frame_assembly import (  # noqa: E402
 from occ_perception.messages import MessageTypes  # noqa: E402
 from occ_perception.model.config import get_config  # noqa: E402
 from occ_perception.pipeline import OccPipeline  # noqa: E402
+from occ_perception.replay import ReplayOptions, replay  # noqa: E402
 from occ_perception.rig import FLASHOCC_CAMERA_ORDER  # noqa: E402
 from occ_perception.runtime.torch_backend import TorchBackend  # noqa: E402
+from occ_perception.temporal import ResetReason  # noqa: E402
 
 NS = 1_000_000_000
 W, H = 320, 180  # CameraInfo size of every camera (non-square)
@@ -429,3 +431,137 @@ def test_a_silent_camera_stops_frames_without_an_error_and_they_resume() -> None
     assert set(sync) == set(CAMS + ('odom',)) - {'cam_back'}
     assert assembler.longest_gap_ns['cam_back'] == 7 * step
     assert assembler.accounted()
+
+
+# ---------------------------------------------------------------------------------------------- replay
+
+
+def _replay(bag: Path, out: Path, pipeline) -> Any:
+    options = ReplayOptions(bag=bag, out=out, markers_rate=0.0, panels=0, progress=False)
+    return replay(options, pipeline)
+
+
+def test_replay_of_a_bag_mixing_good_and_bad_frames_accounts_for_every_frame(pipeline, tmp_path) -> None:
+    """Every synchronised frame is one output or one counted drop; each reason's count is what the bag holds."""
+    step, t0 = NS // 2, 20 * NS
+    nan_back = {'cam_back': ((float('nan'), 0.0, 1.5), (0.0, 0.0, 0.0, 1.0))}
+    bad_frames: dict[int, dict[str, Any]] = {}
+
+    def stamp(k: int) -> int:
+        return t0 + k * step
+
+    for k, make in zip(
+        range(3, 8),
+        [
+            lambda s: _image('cam_back', s, b'\xff\xd8 not a jpeg body'),
+            lambda s: _image('cam_back', s, _jpeg(7)[:900]),
+            lambda s: _image('cam_back', s, b''),
+            lambda s: _image('cam_back', s, _jpeg(7), fmt='tiff'),
+            lambda s: _image('cam_back', s, _jpeg(7, 160, 90)),
+        ],
+    ):
+        bad_frames[k] = {'image': {'cam_back': make(stamp(k))}}
+    bad_frames[8] = {'info': {'cam_front': _info('cam_front', stamp(8), fx=0.0)}}
+    bad_frames[9] = {'info': {'cam_front': _info('cam_front', stamp(9), fx=-250.0)}}
+    bad_frames[10] = {'odom': _odom(stamp(10), float('nan'))}
+    bad_frames[11] = {'odom': _odom(stamp(11), 5.5, (0.0, 0.0, 0.0, 2.0))}
+    bad_frames[12] = {'odom': _odom(stamp(12), 6.0, (0.0, float('nan'), 0.0, 1.0))}
+    for k in range(15, 21):
+        bad_frames[k] = {'skip': {'cam_front_left'}}  # silent for 3 s
+
+    items: list[Item] = []
+    for k in range(23):
+        if k == 1:
+            items.append(('tf_static', '', _tf_static(bad=nan_back)))  # frame 0 had no /tf_static at all
+        if k == 2:
+            items.append(('tf_static', '', _tf_static()))
+        if k == 13:
+            items.append(('tf_static', '', _tf_static(bad=nan_back)))  # rejected; the good edge stays
+        items += frame_items(stamp(k), 0.5 * k, k, **bad_frames.get(k, {}))
+        if k == 14:
+            items += frame_items(stamp(k), 0.5 * k, k)  # the same frame again
+    bag = tmp_path / 'mixed'
+    with BagWriter(bag) as w:
+        w.add_topic('/tf_static', 'tf2_msgs/msg/TFMessage', latched=True)
+        w.add_topic('/odom', 'nav_msgs/msg/Odometry')
+        for cam in CAMS:
+            w.add_topic(f'/{cam}/image_rect/compressed', 'sensor_msgs/msg/CompressedImage')
+            w.add_topic(f'/{cam}/camera_info', 'sensor_msgs/msg/CameraInfo')
+        for n, (kind, cam, msg) in enumerate(items):
+            topic = {
+                'image': f'/{cam}/image_rect/compressed',
+                'info': f'/{cam}/camera_info',
+                'tf_static': '/tf_static',
+                'odom': '/odom',
+            }[kind]
+            w.write(topic, NS + n * 1_000_000, msg)
+            if n == 100:
+                w.write_raw('/odom', NS + n * 1_000_000, b'\x00\x01\x00\x00\xff\xff')  # damaged CDR
+    summary = _replay(bag, tmp_path / 'out', pipeline)
+
+    expected = {
+        'missing_calibration': 1,  # frame 0: no /tf_static yet
+        'bad_calibration': 3,  # frame 1: NaN transform of cam_back; frames 8, 9: zero and negative focal length
+        'decode_error': 5,  # frames 3-7: corrupt, truncated, empty, tiff, 160x90 images
+        'bad_pose': 3,  # frames 10-12: NaN position, non-unit quaternion, NaN quaternion
+        'duplicate_stamp': 1,  # frame 14 twice
+    }
+    good = [2, 13, 14, 21, 22]
+    assert summary.frame_drops == expected
+    assert summary.frames_out == len(good) == summary.out_counts['occupancy/semantics']
+    assert summary.sets == summary.frames_out + sum(summary.frame_drops.values()) == 18
+    d = summary.to_dict()
+    assert d['accounting']['frames_exact'] and d['accounting']['sync_exact']
+    acc = d['frame_accounting']
+    assert acc['frames_exact'] and acc['sync_exact'] and acc['outputs'] == 5 and acc['frame_drops'] == expected
+    # the silent camera: the other inputs' messages of those frames are counted sync drops
+    assert summary.silent_inputs == {'cam_front_left': pytest.approx(3.5)}
+    assert set(summary.sync_drops) == {'queue_overflow', 'left_at_end'}
+    assert {k.split(':')[0] for k in summary.sync_drops_by_stream} == set(CAMS + ('odom',)) - {'cam_front_left'}
+    assert summary.rejected == {'/odom:undecodable': 1, '/tf_static:bad_transform': 2}
+    assert any('cam_front_left was silent' in n for n in summary.notes)
+
+
+def test_the_temporal_cache_never_mixes_features_across_a_bag_loop_a_pose_jump_or_a_calibration_change(
+    pipeline, tmp_path
+) -> None:
+    """Two passes over the same 2 s (time goes backwards between them), a 200 m pose jump and a new CameraInfo
+    in the second pass: right after each reset every history slot is empty, and every history feature fed
+    afterwards is the bev_feature of a frame after that reset."""
+    step, t0 = NS // 4, 100 * NS
+    items: list[Item] = [('tf_static', '', _tf_static())]
+    for k in range(8):
+        items += frame_items(t0 + k * step, 1.0 * k, 100 + k)
+    for k in range(8):
+        s = t0 + k * step
+        change: dict[str, Any] = {}
+        if k == 7:
+            change['info'] = {'cam_front': _info('cam_front', s, fx=260.0)}
+        items += frame_items(s, 1.0 * k + (200.0 if k >= 5 else 0.0), 200 + k, **change)
+    summary = _replay(write_bag(tmp_path / 'loop', items), tmp_path / 'out', pipeline)
+    runs = pipeline.backend.runs
+    assert summary.frames_out == len(runs) == 16 and summary.frame_drops == {}
+    assert summary.time_jumps == 1
+    assert pipeline.cache.resets == Counter(
+        {ResetReason.TIME_BACKWARDS: 1, ResetReason.EGO_JUMP: 1, ResetReason.CALIBRATION: 1}
+    )
+    resets = [0, 8, 13, 15]  # first frame, loop, jump, calibration
+    for r in resets:
+        assert runs[r]['history_valid'].tolist() == [0.0, 0.0], r
+        assert not runs[r]['history_bev'].any()
+    used = 0
+    for i, run in enumerate(runs):
+        start = max(r for r in resets if r <= i)
+        for slot, valid in enumerate(run['history_valid']):
+            if not valid:
+                assert not run['history_bev'][slot].any()
+                continue
+            used += 1
+            same = [j for j in range(i) if np.array_equal(runs[j]['bev_feature'], run['history_bev'][slot])]
+            assert same and all(start <= j < i for j in same), (i, slot, same, start)
+    # 4 Hz, slots at 0.5 s and 1.0 s with 0.25 s tolerance: slot 0 is filled from the first post-reset frame
+    # 0.25 s back on, slot 1 from 0.75 s back on; never from before the reset
+    for i, run in enumerate(runs):
+        since = i - max(r for r in resets if r <= i)
+        assert run['history_valid'].tolist() == [float(since >= 1), float(since >= 3)], (i, since)
+    assert used == 19
