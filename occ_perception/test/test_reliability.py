@@ -565,3 +565,28 @@ def test_the_temporal_cache_never_mixes_features_across_a_bag_loop_a_pose_jump_o
         since = i - max(r for r in resets if r <= i)
         assert run['history_valid'].tolist() == [float(since >= 1), float(since >= 3)], (i, since)
     assert used == 19
+
+
+def test_a_checkpoint_with_the_wrong_keys_is_one_clear_error_at_start(net, tmp_path) -> None:
+    from occ_perception.model.checkpoint import FORMAT
+    from occ_perception.pipeline import PipelineError, load_model
+
+    state = dict(net.state_dict())
+    renamed = next(k for k in state if k.startswith('occ_head.'))
+    state['occ_head.renamed_weight'] = state.pop(renamed)
+    path = tmp_path / 'wrong_keys.pt'
+    torch.save(
+        {
+            'format': FORMAT,
+            'config': CFG.name,
+            'history': CFG.history,
+            'history_offsets': list(CFG.history_offsets),
+            'flow_head': CFG.flow_head,
+            'norm': CFG.norm,
+            'state_dict': state,
+        },
+        path,
+    )
+    with pytest.raises(PipelineError, match=r"wrong_keys.pt'.*state dict does not fit") as info:
+        load_model(path, CFG, backend='torch')
+    assert renamed in str(info.value) and 'occ_head.renamed_weight' in str(info.value)
