@@ -38,9 +38,9 @@ Time going backwards (a bag loop, a clock reset): a synchronised message whose
 stamp is older than the newest stamp seen on its input flushes the
 synchroniser (queued messages become ``time_backwards`` sync drops, frames
 waiting for ``/tf`` ``time_backwards`` frame drops) and clears the
-``map -> base_link`` buffer, so that nothing from before the jump is paired
-with what comes after; a ``/tf`` pose older than the newest one clears the
-buffer as well. A frame whose stamp equals the previous frame's (a duplicated
+``map -> base_link`` buffer (unless ``/tf`` went back first and restarted it
+already), so that nothing from before the jump is paired with what comes after;
+a ``/tf`` pose older than the newest one clears the buffer as well. A frame whose stamp equals the previous frame's (a duplicated
 set of messages) is dropped as ``duplicate_stamp``: its output would carry the
 same stamp twice. The temporal cache resets itself on the stamps it sees
 (:mod:`occ_perception.temporal`).
@@ -387,6 +387,7 @@ class FrameAssembler:
         self._sync_drops_seen = 0
         self._newest: dict[int, int] = {}  # synchroniser input -> newest stamp seen [ns]
         self._last_set_stamp: int | None = None
+        self._tf_restarted = False  # /tf went back in time since the last jump of the synchronised inputs
         self.sets = 0
         self.frames = 0
         self.time_jumps = 0  # how often time went backwards on a synchronised input
@@ -438,6 +439,7 @@ class FrameAssembler:
                     newest / NS,
                 )
                 self.poses.clear()
+                self._tf_restarted = True
             self.poses.add(stamp, pose)
         return self._release(None)
 
@@ -488,7 +490,9 @@ class FrameAssembler:
         self._waiting.clear()
         self._newest.clear()
         self._last_set_stamp = None
-        self.poses.clear()
+        if not self._tf_restarted:  # else /tf jumped first and the buffer holds the new timeline already
+            self.poses.clear()
+        self._tf_restarted = False
         return events
 
     def _add(self, stream: int, stamp_ns: int, msg: Any) -> list[Frame | FrameDrop]:

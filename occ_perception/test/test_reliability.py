@@ -590,3 +590,38 @@ def test_a_checkpoint_with_the_wrong_keys_is_one_clear_error_at_start(net, tmp_p
     with pytest.raises(PipelineError, match=r"wrong_keys.pt'.*state dict does not fit") as info:
         load_model(path, CFG, backend='torch')
     assert renamed in str(info.value) and 'occ_head.renamed_weight' in str(info.value)
+
+
+def _tf(stamp: int, x: float) -> Any:
+    tr = TYPES.make('geometry_msgs/msg/Transform', translation=_vec((x, 0.0, 0.0)), rotation=_quat((0, 0, 0, 1)))
+    ts = TYPES.make(
+        'geometry_msgs/msg/TransformStamped',
+        header=TYPES.header(stamp, 'map'),
+        child_frame_id='base_link',
+        transform=tr,
+    )
+    return TYPES.make('tf2_msgs/msg/TFMessage', transforms=[ts])
+
+
+def test_a_bag_loop_with_the_tf_pose_source_restarts_the_pose_buffer_and_frames_go_on() -> None:
+    """pose_source tf: after the loop no frame is paired with a pose of the first pass, none waits forever."""
+    assembler = FrameAssembler(AssemblyConfig(pose_source='tf'))
+    assembler.add_tf_static(_tf_static())
+    step, t0 = NS // 4, 50 * NS
+    events: list[Frame | FrameDrop] = []
+    for lap, offset in ((0, 0.0), (1, 1000.0)):  # the second lap's poses are 1 km away from the first's
+        for k in range(6):
+            stamp = t0 + k * step
+            events += assembler.add_tf(_tf(stamp, offset + k))
+            for kind, cam, msg in frame_items(stamp, 0.0, 10 * lap + k):
+                if kind == 'info':
+                    assembler.add_camera_info(cam, msg)
+                elif kind == 'image':
+                    events += assembler.add_image(cam, msg)
+        events += assembler.add_tf(_tf(t0 + 6 * step, offset + 6))
+    frames = [e for e in events if isinstance(e, Frame)]
+    assert [f.stamp_ns for f in frames] == [t0 + k * step for k in range(6)] * 2
+    xs = [float(f.pose.translation[0]) for f in frames]
+    assert xs == [float(k) for k in range(6)] + [1000.0 + k for k in range(6)]
+    assert assembler.time_jumps == 1 and not assembler.frame_drops
+    assert assembler.accounted()
