@@ -128,7 +128,12 @@ class ReplayOptions:
 
 @dataclass
 class ReplaySummary:
-    """What a replay did; :meth:`to_dict` is ``summary.json``."""
+    """What a replay did; :meth:`to_dict` is ``summary.json``.
+
+    ``frame_drops`` (reason -> frames) and ``frame_accounting`` (:func:`~occ_perception.frame_assembly.frame_accounting`)
+    account for every synchronised set; ``rejected`` counts unusable messages outside the synchroniser by
+    ``topic:reason``; ``silent_inputs`` names the inputs with a gap over :data:`SILENT_AFTER` and its length [s].
+    """
 
     bag: str
     out_bag: str
@@ -155,12 +160,11 @@ class ReplaySummary:
     rejected: dict[str, int] = field(default_factory=dict)
     silent_inputs: dict[str, float] = field(default_factory=dict)
     time_jumps: int = 0
-    accounting: dict[str, Any] = field(default_factory=dict)
+    frame_accounting: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data, with the accounting identities and speed ratios."""
         d = dict(self.__dict__)
-        d['frame_accounting'] = d.pop('accounting')
         d['accounting'] = {
             'sync_messages': f'{self.sync_inputs} in = {self.sets} sets x {self.streams} inputs + '
             f'{sum(self.sync_drops.values())} message drops',
@@ -429,7 +433,7 @@ def replay(options: ReplayOptions, pipeline: Any) -> ReplaySummary:
         ReplayError: the bag cannot be opened or lacks the expected topics, bad options, ``OUT/bag`` exists.
         occ_perception.data.bags.BagError: the output bag cannot be written.
     """
-    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.highlevel import AnyReader
 
     from .data.bags import BagError, BagWriter
     from .messages import rosbags_typestore
@@ -448,12 +452,15 @@ def replay(options: ReplayOptions, pipeline: Any) -> ReplaySummary:
     try:
         reader = AnyReader([bag], default_typestore=rosbags_typestore(opts.distro))
         reader.open()
-    except (AnyReaderError, OSError) as err:
-        raise ReplayError(f'{bag}: cannot open as a rosbag: {err}') from err
+    except BAG_READ_ERRORS as err:
+        raise ReplayError(f'{bag}: cannot open as a rosbag: {type(err).__name__}: {err}') from err
     try:
         return _replay(opts, pipeline, reader, bag, out, BagWriter, BagError)
     finally:
-        reader.close()
+        try:
+            reader.close()
+        except BAG_READ_ERRORS as err:  # a damaged file may fail again while closing
+            log.warning('%s: closing the bag: %s', bag, err)
 
 
 def _replay(
@@ -686,7 +693,7 @@ def _replay(
         rejected=dict(sorted(rejected.items())),
         silent_inputs=silent,
         time_jumps=assembler.time_jumps,
-        accounting=accounting,
+        frame_accounting=accounting,
     )
     files['summary'] = str(out / 'summary.json')
     (out / 'summary.json').write_text(json.dumps(summary.to_dict(), indent=2) + '\n')

@@ -625,3 +625,25 @@ def test_a_bag_loop_with_the_tf_pose_source_restarts_the_pose_buffer_and_frames_
     assert xs == [float(k) for k in range(6)] + [1000.0 + k for k in range(6)]
     assert assembler.time_jumps == 1 and not assembler.frame_drops
     assert assembler.accounted()
+
+
+def test_a_truncated_or_damaged_bag_is_one_replay_error_or_read_up_to_the_damage(pipeline, tmp_path) -> None:
+    from occ_perception.replay import ReplayError
+
+    items: list[Item] = [('tf_static', '', _tf_static())]
+    for k in range(3):
+        items += frame_items(30 * NS + k * NS // 2, 0.5 * k, k)
+    good = write_bag(tmp_path / 'good', items)
+    data = next(good.glob('*.mcap')).read_bytes()
+    import shutil
+
+    cut = tmp_path / 'cut'
+    shutil.copytree(good, cut)
+    next(cut.glob('*.mcap')).write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ReplayError, match=r'cut: cannot open as a rosbag'):
+        _replay(cut, tmp_path / 'o1', pipeline)
+    meta = tmp_path / 'meta'
+    shutil.copytree(good, meta)
+    (meta / 'metadata.yaml').write_text((meta / 'metadata.yaml').read_text()[:200])
+    with pytest.raises(ReplayError, match=r'meta: cannot open as a rosbag'):
+        _replay(meta, tmp_path / 'o2', pipeline)

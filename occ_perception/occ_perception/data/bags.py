@@ -105,6 +105,7 @@ def _read_errors() -> tuple[type[BaseException], ...]:
         KeyError,  # a metadata.yaml or a QoS profile without an expected key
         IndexError,
         struct.error,
+        OverflowError,  # a damaged length field beyond what a read() accepts
         MemoryError,  # a damaged length field asks rosbags for gigabytes
     )
 
