@@ -8,7 +8,7 @@ PYTHON310 ?= $(shell for p in $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/pytho
 	$$p -c 'import venv' >/dev/null 2>&1 && { command -v $$p; break; }; done)
 COMPAT := .venv-py310
 
-.PHONY: test lint test-main test-compat demo bench venv clean
+.PHONY: test lint test-main test-compat fuzz demo bench venv clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,11 @@ test-compat: $(COMPAT)/.installed
 	$(COMPAT)/bin/python -c "import sys, numpy; print('compat run: Python', sys.version.split()[0], 'numpy', numpy.__version__)"
 	cd occ_perception && ../$(COMPAT)/bin/python -m pytest -q --durations=10 test
 endif
+
+# the fuzz tests of test/test_fuzz.py with many more inputs per target than in `make test`
+# (hypothesis profile 'fuzz'; OCC_FUZZ_EXAMPLES overrides the count)
+fuzz: $(STAMP)
+	cd occ_perception && OCC_FUZZ_PROFILE=fuzz ../$(PY) -m pytest -q -s test/test_fuzz.py
 
 # one synthetic 20 s scene (12 Hz sweeps, seed 3000) -> bag -> replay with models/tiny_k2 -> demo_out/
 demo: $(STAMP)

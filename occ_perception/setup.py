@@ -93,6 +93,7 @@ setup(
         'test': RUNTIME
         + [
             'pytest>=7',
+            'hypothesis>=6.100',  # fuzz tests (test/test_fuzz.py)
             'catkin_pkg>=0.5',
             'mcap>=1.1',
             'mcap-ros2-support>=0.5',

@@ -29,7 +29,27 @@ transforms are composed).
 Accounting: every message fed to the synchroniser ends in exactly one set or
 one sync drop (:data:`~occ_perception.sync.DROP_REASONS`), and every set ends
 as exactly one :class:`Frame` (later one :class:`FrameResult`) or one
-:class:`FrameDrop` with a reason from :data:`FRAME_DROP_REASONS`.
+:class:`FrameDrop` with a reason from :data:`FRAME_DROP_REASONS`
+(:func:`frame_accounting` sums both sides). Messages outside the synchroniser
+that cannot be used (a malformed ``/tf`` or ``/tf_static`` transform) are
+logged, ignored and counted in :attr:`FrameAssembler.rejected`.
+
+Time going backwards (a bag loop, a clock reset): a synchronised message whose
+stamp is older than the newest stamp seen on its input flushes the
+synchroniser (queued messages become ``time_backwards`` sync drops, frames
+waiting for ``/tf`` ``time_backwards`` frame drops) and clears the
+``map -> base_link`` buffer (unless ``/tf`` went back first and restarted it
+already), so that nothing from before the jump is paired with what comes after;
+a ``/tf`` pose older than the newest one clears the buffer as well. A frame whose stamp equals the previous frame's (a duplicated
+set of messages) is dropped as ``duplicate_stamp``: its output would carry the
+same stamp twice. The temporal cache resets itself on the stamps it sees
+(:mod:`occ_perception.temporal`).
+
+Silent inputs: :attr:`FrameAssembler.longest_gap_ns` keeps, per input, the
+longest time between two consecutive stamps and :meth:`FrameAssembler.silent`
+lists the inputs that have been quiet for longer than a timeout; while a camera
+is silent no set can be complete, the other inputs' messages leave their
+queues as ``queue_overflow`` drops and frames resume when it returns.
 """
 
 from __future__ import annotations
@@ -65,6 +85,7 @@ __all__ = [
     'PoseBuffer',
     'StaticTransforms',
     'camera_info_topic',
+    'frame_accounting',
     'image_topic',
 ]
 
@@ -77,10 +98,14 @@ FRAME_DROP_REASONS: tuple[str, ...] = (
     'missing_calibration',  # no CameraInfo for a camera, or no static transform ego <- camera
     'bad_calibration',  # CameraInfo or transform malformed (zero focal length, NaN, ...)
     'missing_pose',  # pose_source tf: no map -> base_link transform around the frame stamp
-    'bad_pose',  # NaN or zero-quaternion pose, or an Odometry of other frames
+    'bad_pose',  # NaN, zero or non-unit quaternion pose, or an Odometry of other frames
+    'duplicate_stamp',  # the same stamp as the previous frame (a repeated set of messages)
+    'time_backwards',  # waiting for /tf when time went backwards (bag loop): its pose can no longer come
     'decode_error',  # an image cannot be decoded or has the wrong size
     'inference_error',  # the backend failed
-    'pipeline_error',  # anything else the pipeline refused
+    'pipeline_error',  # anything else the pipeline refused (including the temporal cache)
+    'encode_error',  # an output message could not be built
+    'internal_error',  # an unexpected exception (a bug): logged with its traceback, the loop goes on
 )
 """Why a synchronised frame produced no output."""
 
@@ -233,6 +258,11 @@ class PoseBuffer:
     def newest_ns(self) -> int | None:
         return self._stamps[-1] if self._stamps else None
 
+    def clear(self) -> None:
+        """Forget every pose (time went backwards: the stored poses belong to another timeline)."""
+        self._stamps.clear()
+        self._poses.clear()
+
     def lookup(self, stamp_ns: int) -> Transform | None:
         """The pose at ``stamp_ns``: exact, or interpolated between the bracketing entries; None outside them."""
         i = bisect.bisect_left(self._stamps, stamp_ns)
@@ -252,21 +282,35 @@ class StaticTransforms:
 
     def __init__(self) -> None:
         self._parent: dict[str, tuple[str, Transform]] = {}
+        self.rejected: dict[str, str] = {}  # child frame -> why its newest transform was refused
         self.version = 0
 
     def add(self, msg: Any) -> None:
         """Add the transforms of a tf2_msgs/TFMessage.
 
+        Every well-formed transform of the message is kept; a malformed one leaves the edge it concerns as it
+        was and is noted in :attr:`rejected` (child frame -> reason) until a good transform of that edge arrives.
+
         Raises:
-            GeometryError: a transform is NaN or has a zero quaternion.
+            GeometryError: after the others were added, naming each transform that is NaN or infinite or has a
+                zero or non-unit quaternion.
         """
+        errors = []
         for tf in msg.transforms:
             child = str(tf.child_frame_id).lstrip('/')
             parent = str(tf.header.frame_id).lstrip('/')
-            edge = (parent, Transform.from_msg(tf.transform))
+            try:
+                edge = (parent, Transform.from_msg(tf.transform))
+            except GeometryError as err:
+                self.rejected[child] = f'{parent} <- {child}: {err}'
+                errors.append(self.rejected[child])
+                continue
+            self.rejected.pop(child, None)
             if self._parent.get(child) != edge:
                 self._parent[child] = edge
                 self.version += 1
+        if errors:
+            raise GeometryError('; '.join(errors))
 
     def frames(self) -> list[str]:
         return sorted(self._parent)
@@ -286,13 +330,24 @@ class StaticTransforms:
 
 
 def _advance(pose: Transform, linear: np.ndarray, angular: np.ndarray, dt: float) -> Transform:
-    """``pose`` moved for ``dt`` [s] at constant body-frame twist (linear [m/s], angular [rad/s])."""
+    """``pose`` moved for ``dt`` [s] at constant body-frame twist (linear [m/s], angular [rad/s]).
+
+    Raises:
+        GeometryError: the motion overflows (a huge twist).
+    """
     if dt == 0.0:
         return pose
-    rotvec = angular * dt
-    angle = float(np.linalg.norm(rotvec))
-    delta = Quaternion(axis=rotvec / angle, angle=angle) if angle > 0 else Quaternion()
-    return Transform(pose.rotation * delta, pose.translation + pose.rotation.rotate(linear * dt))
+    with np.errstate(over='ignore', invalid='ignore'):
+        rotvec = angular * dt
+        angle = float(np.linalg.norm(rotvec))
+        shift = linear * dt
+    if not (np.isfinite(angle) and np.all(np.isfinite(shift))):
+        raise GeometryError(f'Odometry twist {linear.tolist()}, {angular.tolist()} over {dt} s is not a finite motion')
+    if angle < 1e-12:  # below float resolution of the axis: no rotation (also avoids a 0 / 0 axis)
+        delta = Quaternion()
+    else:
+        delta = Quaternion(scalar=float(np.cos(angle / 2)), vector=np.sin(angle / 2) * rotvec / angle)
+    return Transform(pose.rotation * delta, pose.translation + pose.rotation.rotate(shift))
 
 
 def _vec(v: Any) -> np.ndarray:
@@ -330,11 +385,17 @@ class FrameAssembler:
         self._rig_error: FrameDrop | None = None
         self._waiting: list[tuple[Frame | None, SyncedSet, int]] = []  # pose_source tf: frames waiting for a pose
         self._sync_drops_seen = 0
+        self._newest: dict[int, int] = {}  # synchroniser input -> newest stamp seen [ns]
+        self._last_set_stamp: int | None = None
+        self._tf_restarted = False  # /tf went back in time since the last jump of the synchronised inputs
         self.sets = 0
         self.frames = 0
+        self.time_jumps = 0  # how often time went backwards on a synchronised input
         self.sync_drops: Counter[str] = Counter()
         self.sync_drops_by_stream: Counter[str] = Counter()
         self.frame_drops: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()  # 'topic:reason' -> messages ignored outside the synchroniser
+        self.longest_gap_ns: dict[str, int] = {}  # synchroniser input -> longest time between two of its stamps
 
     # ------------------------------------------------------------------ inputs without synchronisation
 
@@ -345,10 +406,11 @@ class FrameAssembler:
         self._infos_version += 1
 
     def add_tf_static(self, msg: Any) -> None:
-        """A tf2_msgs/TFMessage from ``/tf_static``. A malformed transform is logged and ignored."""
+        """A tf2_msgs/TFMessage from ``/tf_static``. A malformed transform is logged, ignored and counted."""
         try:
             self.static.add(msg)
         except GeometryError as err:
+            self.rejected['/tf_static:bad_transform'] += 1
             log.warning('/tf_static: ignoring a malformed transform: %s', err)
 
     def add_tf(self, msg: Any) -> list[Frame | FrameDrop]:
@@ -363,9 +425,22 @@ class FrameAssembler:
             try:
                 pose = Transform.from_msg(tf.transform)
             except GeometryError as err:
+                self.rejected['/tf:bad_transform'] += 1
                 log.warning('/tf: ignoring a malformed %s -> %s transform: %s', cfg.world_frame, cfg.ego_frame, err)
                 continue
-            self.poses.add(stamp_to_ns(tf.header.stamp), pose)
+            stamp = stamp_to_ns(tf.header.stamp)
+            newest = self.poses.newest_ns
+            if newest is not None and stamp < newest:
+                log.warning(
+                    '/tf: %s -> %s went back in time (%.3f s after %.3f s): the pose buffer starts anew',
+                    cfg.world_frame,
+                    cfg.ego_frame,
+                    stamp / NS,
+                    newest / NS,
+                )
+                self.poses.clear()
+                self._tf_restarted = True
+            self.poses.add(stamp, pose)
         return self._release(None)
 
     # ------------------------------------------------------------------ synchronised inputs
@@ -385,9 +460,53 @@ class FrameAssembler:
             return []
         return self._add(len(self.config.cameras), stamp_to_ns(msg.header.stamp), msg)
 
+    def silent(self, now_ns: int, timeout: float) -> dict[str, float]:
+        """Synchroniser inputs whose newest message is more than ``timeout`` [s] older than ``now_ns``.
+
+        Inputs that never had a message are not listed.
+
+        Returns:
+            input name (camera or ``odom``) -> seconds since its newest stamp.
+        """
+        names = self.config.streams
+        limit = int(timeout * NS)
+        return {names[i]: (now_ns - t) / NS for i, t in sorted(self._newest.items()) if now_ns - t > limit}
+
+    def _time_backwards(self, stream: int, stamp_ns: int) -> list[Frame | FrameDrop]:
+        """Time went backwards on ``stream``: flush the synchroniser, the /tf buffer and the waiting frames."""
+        name = self.config.streams[stream]
+        log.warning(
+            '%s: time went backwards (%.3f s after %.3f s): the synchroniser and the pose buffer start anew',
+            name,
+            stamp_ns / NS,
+            self._newest[stream] / NS,
+        )
+        self.time_jumps += 1
+        self.sync.flush('time_backwards')
+        events = self._new_sync_drops()
+        for frame, synced, _ in self._waiting:
+            stamp = frame.stamp_ns if frame is not None else synced.stamps_ns[self._index[self._front]]
+            events.append(self._frame_drop('time_backwards', stamp, f'{name} went back in time before its pose came'))
+        self._waiting.clear()
+        self._newest.clear()
+        self._last_set_stamp = None
+        if not self._tf_restarted:  # else /tf jumped first and the buffer holds the new timeline already
+            self.poses.clear()
+        self._tf_restarted = False
+        return events
+
     def _add(self, stream: int, stamp_ns: int, msg: Any) -> list[Frame | FrameDrop]:
+        events: list[Frame | FrameDrop] = []
+        newest = self._newest.get(stream)
+        if newest is not None and stamp_ns < newest:
+            events += self._time_backwards(stream, stamp_ns)
+            newest = None
+        if newest is not None:
+            name = self.config.streams[stream]
+            self.longest_gap_ns[name] = max(self.longest_gap_ns.get(name, 0), stamp_ns - newest)
+        self._newest[stream] = max(stamp_ns, newest or stamp_ns)
         synced = self.sync.add(stream, stamp_ns, msg)
-        events: list[Frame | FrameDrop] = self._new_sync_drops()
+        events += self._new_sync_drops()
         if self.config.pose_source == 'tf':
             events += self._expire(stamp_ns)
         if synced is not None:
@@ -433,7 +552,8 @@ class FrameAssembler:
         """The rig from the newest CameraInfo of each camera and the static transforms.
 
         Raises:
-            AssemblyError: (message starting with the drop reason) a camera has no CameraInfo or no transform.
+            AssemblyError: (message starting with the drop reason and ': ') a camera has no CameraInfo or no
+                transform (``missing_calibration``), or its only transform was malformed (``bad_calibration``).
             RigError, GeometryError: malformed calibration.
         """
         key = (self._infos_version, self.static.version)
@@ -446,6 +566,8 @@ class FrameAssembler:
                 raise AssemblyError(f'missing_calibration: no CameraInfo of {name} yet')
             frame = str(info.header.frame_id).lstrip('/') or name
             extrinsics = self.static.lookup(self.config.ego_frame, frame)
+            if extrinsics is None and frame in self.static.rejected:
+                raise AssemblyError(f'bad_calibration: /tf_static {self.static.rejected[frame]}')
             if extrinsics is None:
                 raise AssemblyError(
                     f'missing_calibration: no static transform {self.config.ego_frame} <- {frame} '
@@ -472,15 +594,26 @@ class FrameAssembler:
 
     def _assemble(self, synced: SyncedSet, ready_ns: int) -> Frame | FrameDrop | None:
         """A set to a Frame, a drop, or None (pose_source tf: the pose is not there yet)."""
+        stamp = synced.stamps_ns[self._index[self._front]]
+        if stamp == self._last_set_stamp:
+            return self._frame_drop(
+                'duplicate_stamp', stamp, 'the previous synchronised set had the same stamp (repeated messages)'
+            )
+        result = self._resolve(synced, ready_ns, stamp)
+        if result is not None:
+            self._last_set_stamp = stamp
+        return result
+
+    def _resolve(self, synced: SyncedSet, ready_ns: int, stamp: int) -> Frame | FrameDrop | None:
         n = len(self.config.cameras)
         images = synced.payloads[:n]
-        stamp = synced.stamps_ns[self._index[self._front]]
         try:
             rig = self.rig()
         except AssemblyError as err:
-            return self._frame_drop('missing_calibration', stamp, str(err).split(': ', 1)[1])
+            reason, detail = str(err).split(': ', 1)
+            return self._frame_drop(reason, stamp, detail)
         except (RigError, GeometryError) as err:
-            return self._frame_drop('bad_calibration', stamp, str(err))
+            return self._frame_drop('bad_calibration', stamp, f'CameraInfo: {err}')
         if self.config.pose_source == 'odom':
             try:
                 pose = self._odom_pose(synced.payloads[n], stamp)
@@ -592,8 +725,26 @@ class FrameProcessor:
             return True
         return False
 
+    def _drop(self, frame: Frame, reason: str, detail: str) -> FrameDrop:
+        self.drops[reason] += 1
+        stamp = frame.stamp_ns
+        log.warning('frame %d.%09d dropped (%s): %s', stamp // NS, stamp % NS, reason, detail)
+        return FrameDrop('frame', reason, stamp, '', detail)
+
     def process(self, frame: Frame) -> FrameResult | FrameDrop:
-        """One frame through the pipeline and the encoders; an error becomes a logged :class:`FrameDrop`."""
+        """One frame through the pipeline and the encoders; an error becomes a logged, counted :class:`FrameDrop`.
+
+        Never raises: our error classes map to their :data:`FRAME_DROP_REASONS`, any other exception (a bug)
+        becomes ``internal_error`` and is logged with its traceback, so that one frame cannot stop the loop.
+        """
+        try:
+            return self._process(frame)
+        except Exception as err:
+            log.exception('frame %d: unexpected error', frame.stamp_ns)
+            return self._drop(frame, 'internal_error', f'{type(err).__name__}: {err}')
+
+    def _process(self, frame: Frame) -> FrameResult | FrameDrop:
+        from .messages import MessagesError
         from .model.splat_tables import SplatError
         from .outputs import (
             costmap_msg,
@@ -606,6 +757,7 @@ class FrameProcessor:
         from .pipeline import PipelineError
         from .preprocess import PreprocessError
         from .runtime.base import BackendError
+        from .temporal import TemporalError
 
         reason = None
         try:
@@ -618,13 +770,10 @@ class FrameProcessor:
             reason, detail = 'bad_pose', str(err)
         except BackendError as err:
             reason, detail = 'inference_error', str(err)
-        except PipelineError as err:
+        except (PipelineError, TemporalError) as err:
             reason, detail = 'pipeline_error', str(err)
         if reason is not None:
-            self.drops[reason] += 1
-            stamp = frame.stamp_ns
-            log.warning('frame %d.%09d dropped (%s): %s', stamp // NS, stamp % NS, reason, detail)
-            return FrameDrop('frame', reason, stamp, '', detail)
+            return self._drop(frame, reason, detail)
         timings = {f'pipeline/{k}': v for k, v in occ.timings.items()}
         messages: dict[str, Any] = {}
         encoders: list[tuple[str, Any]] = [
@@ -644,7 +793,10 @@ class FrameProcessor:
             )
         for topic, encode in encoders:
             t0 = time.perf_counter()
-            msg = encode()
+            try:
+                msg = encode()
+            except MessagesError as err:
+                return self._drop(frame, 'encode_error', f'{topic}: {err}')
             timings[f'encode/{topic.split("/", 1)[1]}'] = time.perf_counter() - t0
             if msg is not None:
                 messages[topic] = msg
@@ -655,3 +807,39 @@ class FrameProcessor:
 def stream_names(cameras: Sequence[str], pose_source: str) -> tuple[str, ...]:
     """The synchroniser inputs for ``cameras`` and ``pose_source`` (see :attr:`AssemblyConfig.streams`)."""
     return AssemblyConfig(tuple(cameras), pose_source=pose_source).streams
+
+
+def frame_accounting(
+    assembler: FrameAssembler, processor: FrameProcessor, outputs: int | None = None
+) -> dict[str, Any]:
+    """Where every synchronised message and set went, for a replay summary or the node's diagnostics.
+
+    Args:
+        assembler: the assembler the messages went through.
+        processor: the processor its frames went through.
+        outputs: frames that produced output, if the caller counted them (default ``processor.outputs``).
+
+    Returns:
+        ``sync_inputs`` (messages fed to the synchroniser), ``sets``, ``outputs``, ``frame_drops`` (reason ->
+        count, assembler and processor together), ``waiting`` (sets waiting for /tf), ``sync_drops`` (reason ->
+        count), ``queued`` (messages still in the synchroniser), ``rejected`` (``topic:reason`` -> messages
+        ignored outside the synchroniser), ``time_jumps`` and ``frames_exact`` / ``sync_exact``: whether
+        sets = outputs + frame drops + waiting and inputs = sets x inputs + sync drops + queued.
+    """
+    done = processor.outputs if outputs is None else int(outputs)
+    drops = Counter(assembler.frame_drops) + Counter(processor.drops)
+    waiting = len(assembler._waiting)
+    queued = assembler.sync.added - assembler.sync.emitted * assembler.sync.num_streams - len(assembler.sync.drops)
+    return {
+        'sync_inputs': assembler.sync.added,
+        'sets': assembler.sets,
+        'outputs': done,
+        'frame_drops': dict(sorted(drops.items())),
+        'waiting': waiting,
+        'sync_drops': dict(sorted(assembler.sync_drops.items())),
+        'queued': queued,
+        'rejected': dict(sorted(assembler.rejected.items())),
+        'time_jumps': assembler.time_jumps,
+        'frames_exact': assembler.sets == done + sum(drops.values()) + waiting,
+        'sync_exact': assembler.sync.accounted(),
+    }

@@ -18,6 +18,7 @@ from pyquaternion import Quaternion
 from .grid import GridSpec
 
 __all__ = [
+    'UNIT_QUATERNION_TOLERANCE',
     'GeometryError',
     'Transform',
     'bev_norm_matrix',
@@ -28,7 +29,11 @@ __all__ = [
 
 
 class GeometryError(ValueError):
-    """A pose or transform is malformed (NaN, zero quaternion, wrong shape)."""
+    """A pose or transform is malformed (NaN, zero or non-unit quaternion, wrong shape)."""
+
+
+UNIT_QUATERNION_TOLERANCE = 0.01
+"""Largest ``|x^2 + y^2 + z^2 + w^2 - 1|`` of a message's quaternion (tf2's ``QUATERNION_NORMALIZATION_TOLERANCE``)."""
 
 
 def _quaternion(rotation: Quaternion | Sequence[float], name: str) -> Quaternion:
@@ -85,9 +90,25 @@ class Transform:
         return cls(Quaternion(matrix=rot, atol=1e-6, rtol=1e-6), m[:3, 3])
 
     @classmethod
-    def from_xyzw(cls, translation: Sequence[float], xyzw: Sequence[float]) -> Transform:
-        """From a translation and a ROS-order quaternion (x, y, z, w)."""
+    def from_xyzw(cls, translation: Sequence[float], xyzw: Sequence[float], check_unit: bool = False) -> Transform:
+        """From a translation [m] and a ROS-order quaternion (x, y, z, w).
+
+        Args:
+            check_unit: refuse a quaternion whose squared norm is off 1 by more than
+                :data:`UNIT_QUATERNION_TOLERANCE` (as tf2 does with messages); otherwise, and for smaller
+                errors, the quaternion is normalised.
+
+        Raises:
+            GeometryError: NaN or infinite values, a zero quaternion, or (``check_unit``) a non-unit one.
+        """
         x, y, z, w = (float(v) for v in xyzw)
+        if check_unit:
+            norm2 = x * x + y * y + z * z + w * w  # Python floats: inf on overflow, never an exception
+            if np.isfinite(norm2) and norm2 >= 1e-18 and abs(norm2 - 1.0) > UNIT_QUATERNION_TOLERANCE:
+                raise GeometryError(
+                    f'quaternion (x, y, z, w) = {[x, y, z, w]}: expected a unit quaternion, its squared norm is '
+                    f'{norm2:.6g} (tolerance {UNIT_QUATERNION_TOLERANCE})'
+                )
         return cls(_quaternion([w, x, y, z], 'quaternion (x, y, z, w)'), np.asarray(translation, dtype=np.float64))
 
     @classmethod
@@ -97,13 +118,14 @@ class Transform:
         Any message class with those field names works (rclpy or rosbags).
 
         Raises:
-            GeometryError: NaN values or a zero quaternion.
+            GeometryError: NaN or infinite values, a zero quaternion, or one whose squared norm is off 1 by more
+                than :data:`UNIT_QUATERNION_TOLERANCE`.
         """
         if hasattr(msg, 'translation'):
             t, q = msg.translation, msg.rotation
         else:
             t, q = msg.position, msg.orientation
-        return cls.from_xyzw([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
+        return cls.from_xyzw([t.x, t.y, t.z], [q.x, q.y, q.z, q.w], check_unit=True)
 
     @classmethod
     def from_yaw(cls, yaw: float, translation: Sequence[float] = (0.0, 0.0, 0.0)) -> Transform:

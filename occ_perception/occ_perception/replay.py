@@ -21,6 +21,16 @@ with the ground-truth flow), like ``occ-perception eval``; files through
 Also written: ``summary.json`` (counts, every drop by stage and reason, the
 per-stage timing table, speed), PNG panels of chosen frames, and optionally an
 animated GIF of ground truth and prediction top views over the scored frames.
+
+Bad input never stops a replay: a frame that cannot be processed is a counted
+drop with its reason (:data:`~occ_perception.frame_assembly.FRAME_DROP_REASONS`),
+a message that cannot be decoded (damaged CDR) or used (a malformed transform,
+unreadable ground truth) is counted in ``rejected`` by ``topic:reason``, an
+input that was silent for more than :data:`SILENT_AFTER` seconds is named in
+``silent_inputs``, and a bag that is truncated or damaged part way is read up to
+the damage (with a note). The accounting identities (every synchronised message
+in one set or one drop, every set one output or one frame drop) are checked at
+the end and written to the summary.
 """
 
 from __future__ import annotations
@@ -30,13 +40,14 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .data.bags import BAG_READ_ERRORS, BagError, decode_message
 from .frame_assembly import (
     OUTPUT_TOPICS,
     AssemblyConfig,
@@ -48,10 +59,11 @@ from .frame_assembly import (
     PoseBuffer,
     StaticTransforms,
     camera_info_topic,
+    frame_accounting,
     image_topic,
 )
 from .geometry import GeometryError, Transform
-from .messages import MessageTypes, read_occupancy_flow, read_semantic_occupancy, stamp_to_ns
+from .messages import MessagesError, MessageTypes, read_occupancy_flow, read_semantic_occupancy, stamp_to_ns
 
 __all__ = [
     'GT_TOPICS',
@@ -74,6 +86,8 @@ GT_TOPICS = {
 }
 TF_TOPIC, TF_STATIC_TOPIC, ODOM_TOPIC = '/tf', '/tf_static', '/odom'
 LIDAR_FRAME = 'lidar_top'
+SILENT_AFTER = 1.0
+"""An input whose stamps are further apart than this [s] is reported in ``silent_inputs``."""
 
 
 class ReplayError(ValueError):
@@ -114,7 +128,12 @@ class ReplayOptions:
 
 @dataclass
 class ReplaySummary:
-    """What a replay did; :meth:`to_dict` is ``summary.json``."""
+    """What a replay did; :meth:`to_dict` is ``summary.json``.
+
+    ``frame_drops`` (reason -> frames) and ``frame_accounting`` (:func:`~occ_perception.frame_assembly.frame_accounting`)
+    account for every synchronised set; ``rejected`` counts unusable messages outside the synchroniser by
+    ``topic:reason``; ``silent_inputs`` names the inputs with a gap over :data:`SILENT_AFTER` and its length [s].
+    """
 
     bag: str
     out_bag: str
@@ -138,6 +157,10 @@ class ReplaySummary:
     pose_source: str
     notes: list[str]
     streams: int = 7
+    rejected: dict[str, int] = field(default_factory=dict)
+    silent_inputs: dict[str, float] = field(default_factory=dict)
+    time_jumps: int = 0
+    frame_accounting: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data, with the accounting identities and speed ratios."""
@@ -345,6 +368,24 @@ def _write_panel(
     return save_png(folder / f'panel_{index:05d}.png', panel)
 
 
+def _messages(reader: Any, connections: list[Any] | None, notes: list[str]) -> Iterator[tuple[Any, int, Any]]:
+    """``reader.messages(connections)``, ending (with a note) where the bag is truncated or damaged."""
+    stream = reader.messages(connections=connections) if connections is not None else reader.messages()
+    count = 0
+    while True:
+        try:
+            item = next(stream, None)
+        except BAG_READ_ERRORS as err:
+            note = f'the bag is truncated or damaged after {count} messages ({type(err).__name__}: {err}): read up to there'
+            log.warning('%s', note)
+            notes.append(note)
+            return
+        if item is None:
+            return
+        count += 1
+        yield item
+
+
 def _prescan(
     reader: Any, conns: dict[str, Any], gt_topics: dict[str, str]
 ) -> tuple[PoseBuffer, StaticTransforms, list[int]]:
@@ -354,13 +395,17 @@ def _prescan(
     wanted = [c for t, c in conns.items() if t in (TF_TOPIC, TF_STATIC_TOPIC, ODOM_TOPIC, gt_topics['semantics'])]
     stamps: list[int] = []
     have_tf = TF_TOPIC in conns
-    for conn, timestamp, raw in reader.messages(connections=wanted):
+    for conn, timestamp, raw in _messages(reader, wanted, []):
         if conn.topic == gt_topics['semantics']:
             stamps.append(int(timestamp))
             continue
         if conn.topic == ODOM_TOPIC and have_tf:
             continue
-        msg = reader.deserialize(raw, conn.msgtype)
+        try:
+            msg = decode_message(reader.deserialize, raw, conn.msgtype, conn.topic)
+        except BagError as err:
+            log.warning('%s', err)
+            continue
         try:
             if conn.topic == TF_STATIC_TOPIC:
                 static.add(msg)
@@ -388,7 +433,7 @@ def replay(options: ReplayOptions, pipeline: Any) -> ReplaySummary:
         ReplayError: the bag cannot be opened or lacks the expected topics, bad options, ``OUT/bag`` exists.
         occ_perception.data.bags.BagError: the output bag cannot be written.
     """
-    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.highlevel import AnyReader
 
     from .data.bags import BagError, BagWriter
     from .messages import rosbags_typestore
@@ -407,12 +452,15 @@ def replay(options: ReplayOptions, pipeline: Any) -> ReplaySummary:
     try:
         reader = AnyReader([bag], default_typestore=rosbags_typestore(opts.distro))
         reader.open()
-    except (AnyReaderError, OSError) as err:
-        raise ReplayError(f'{bag}: cannot open as a rosbag: {err}') from err
+    except BAG_READ_ERRORS as err:
+        raise ReplayError(f'{bag}: cannot open as a rosbag: {type(err).__name__}: {err}') from err
     try:
         return _replay(opts, pipeline, reader, bag, out, BagWriter, BagError)
     finally:
-        reader.close()
+        try:
+            reader.close()
+        except BAG_READ_ERRORS as err:  # a damaged file may fail again while closing
+            log.warning('%s: closing the bag: %s', bag, err)
 
 
 def _replay(
@@ -491,6 +539,7 @@ def _replay(
         raise ReplayError(str(err)) from err
     outputs_abs = {'/' + t: t for t in OUTPUT_TOPICS}
     messages_in: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
     samples: list[dict[str, float]] = []
     resets: Counter[str] = Counter()
     panels_written: list[Path] = []
@@ -557,7 +606,7 @@ def _replay(
                 if opts.max_frames is not None and assembler.sets >= opts.max_frames:
                     stop = True
 
-        for conn, timestamp, raw in reader.messages():
+        for conn, timestamp, raw in _messages(reader, None, notes):
             topic = conn.topic
             messages_in[topic] += 1
             if bar is not None:
@@ -566,7 +615,12 @@ def _replay(
                 writer.write_raw(topic, timestamp, raw)
             if topic not in decode:
                 continue
-            msg = reader.deserialize(raw, conn.msgtype)
+            try:
+                msg = decode_message(reader.deserialize, raw, conn.msgtype, topic)
+            except BagError as err:
+                rejected[f'{topic}:undecodable'] += 1
+                log.warning('%s', err)
+                continue
             if topic in images:
                 handle(assembler.add_image(images[topic], msg), timestamp)
             elif topic in infos:
@@ -578,7 +632,11 @@ def _replay(
             elif topic == ODOM_TOPIC:
                 handle(assembler.add_odom(msg), timestamp)
             else:
-                scorer.add_gt(gt_part_of[topic], int(timestamp), msg)
+                try:
+                    scorer.add_gt(gt_part_of[topic], int(timestamp), msg)
+                except MessagesError as err:
+                    rejected[f'{topic}:bad_ground_truth'] += 1
+                    log.warning('%s: %s', topic, err)
             if stop:
                 notes.append(f'stopped after {assembler.sets} synchronised frames (max_frames)')
                 break
@@ -591,6 +649,13 @@ def _replay(
     frame_drops = Counter(assembler.frame_drops) + Counter(processor.drops)
     if assembler.sets != results + sum(frame_drops.values()):
         raise AssertionError(f'replay accounting: {assembler.sets} sets != {results} outputs + {dict(frame_drops)}')
+    accounting = frame_accounting(assembler, processor, outputs=results)
+    rejected.update(assembler.rejected)
+    silent = {k: v / NS for k, v in sorted(assembler.longest_gap_ns.items()) if v > SILENT_AFTER * NS}
+    for name, seconds in silent.items():
+        notes.append(f'input {name} was silent for up to {seconds:.2f} s')
+    if assembler.time_jumps:
+        notes.append(f'time went backwards {assembler.time_jumps} time(s): synchroniser and pose buffer restarted')
     sync_inputs = assembler.sync.added
     files: dict[str, Any] = {'bag': str(out / 'bag'), 'panels': [str(p) for p in sorted(panels_written)]}
     metrics = None
@@ -625,6 +690,10 @@ def _replay(
         pose_source=asm_cfg.pose_source,
         notes=notes,
         streams=len(asm_cfg.streams),
+        rejected=dict(sorted(rejected.items())),
+        silent_inputs=silent,
+        time_jumps=assembler.time_jumps,
+        frame_accounting=accounting,
     )
     files['summary'] = str(out / 'summary.json')
     (out / 'summary.json').write_text(json.dumps(summary.to_dict(), indent=2) + '\n')
@@ -685,6 +754,8 @@ def format_summary(s: ReplaySummary) -> str:
         f'  frames: {s.sets} sets -> {s.frames_out} outputs + {sum(s.frame_drops.values())} dropped '
         f'{s.frame_drops or ""}'.rstrip()
     )
+    if s.rejected:
+        lines.append('  messages rejected: ' + ', '.join(f'{k} {n}' for k, n in s.rejected.items()))
     lines.append('  output messages: ' + ', '.join(f'{t} {n}' for t, n in s.out_counts.items()))
     lines.append('  stage timings [ms]        count   median      p90')
     for k, v in s.timings_ms.items():

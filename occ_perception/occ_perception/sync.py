@@ -28,8 +28,10 @@ whole product.
 Accounting: every message added ends either in exactly one emitted
 :class:`SyncedSet` or in exactly one :class:`Drop`, with reason
 ``'superseded'`` (replaced by a later message of the same input and stamp),
-``'queue_overflow'`` (pushed out of a full queue as its oldest stamp) or
-``'left_at_end'`` (still queued at :meth:`ApproximateTimeSync.flush`). A
+``'queue_overflow'`` (pushed out of a full queue as its oldest stamp),
+``'left_at_end'`` (still queued at :meth:`ApproximateTimeSync.flush`) or
+``'time_backwards'`` (still queued when the caller reset the synchroniser
+because time went backwards, ``flush('time_backwards')``). A
 message that finds no partner within slop is not dropped on the spot: as in
 message_filters it waits in its queue, where a later arrival may still pick
 it, until it is pushed out (``'queue_overflow'``) or flushed.
@@ -51,7 +53,7 @@ __all__ = [
     'synchronise',
 ]
 
-DROP_REASONS = ('superseded', 'queue_overflow', 'left_at_end')
+DROP_REASONS = ('superseded', 'queue_overflow', 'left_at_end', 'time_backwards')
 
 
 class SyncError(ValueError):
@@ -217,16 +219,27 @@ class ApproximateTimeSync:
         choice.insert(stream, stamp)
         return choice
 
-    def flush(self) -> list[Drop]:
-        """Drop every message still queued (reason ``'left_at_end'``), oldest stamp first per stream.
+    def flush(self, reason: str = 'left_at_end') -> list[Drop]:
+        """Drop every message still queued, oldest stamp first per stream.
+
+        Args:
+            reason: ``'left_at_end'`` (end of input) or ``'time_backwards'`` (a reset after a clock jump
+                back, e.g. a bag loop: the queued stamps belong to the time before the jump).
 
         Returns:
             The drops of this call.
+
+        Raises:
+            SyncError: another reason.
         """
+        if reason not in ('left_at_end', 'time_backwards'):
+            raise SyncError(
+                f"ApproximateTimeSync.flush: reason must be 'left_at_end' or 'time_backwards', got {reason!r}"
+            )
         start = len(self.drops)
         for stream, queue in enumerate(self._queues):
             for stamp in sorted(queue):
-                self._drop(stream, stamp, queue[stamp], 'left_at_end')
+                self._drop(stream, stamp, queue[stamp], reason)
             queue.clear()
         return self.drops[start:]
 

@@ -37,7 +37,49 @@ CASES = [
     (['build-engine', '{tmp}/t.onnx', '--config', 'tiny', '--precision', 'int3'], 'int3', False),
     (['bench', '--repeats', '0'], '--repeats', False),
     (['bench', '--threads', '-2'], '--threads', False),
+    # a model file that is missing, truncated or of the wrong kind: one error at start, naming it
+    (['replay', '{tmp}', '--model', MISSING + '/m.onnx', '--out', '{tmp}/o'], 'm.onnx', True),
+    (['replay', '{tmp}', '--model', '{tmp}/a-file', '--out', '{tmp}/o'], 'a-file', True),
+    (['replay', '{tmp}', '--model', '{tmp}/cut.onnx', '--out', '{tmp}/o'], 'cut.onnx', True),
+    (['replay', '{tmp}', '--model', '{tmp}/cut.pt', '--backend', 'torch', '--out', '{tmp}/o'], 'cut.pt', True),
+    (['replay', '{tmp}', '--model', '{tmp}/cut.onnx', '--backend', 'torch', '--out', '{tmp}/o'], 'cut.onnx', True),
+    (
+        ['eval', '--model', MISSING + '/m.pt', '--backend', 'torch', '--dataroot', '{tmp}', '--out', '{tmp}/o'],
+        'm.pt',
+        True,
+    ),
+    (['eval', '--model', '{tmp}/a-file', '--dataroot', '{tmp}', '--out', '{tmp}/o'], 'a-file', True),
+    (['eval', '--model', '{tmp}/cut.onnx', '--dataroot', '{tmp}', '--out', '{tmp}/o'], 'cut.onnx', True),
+    (
+        ['eval', '--model', '{tmp}/cut.pt', '--backend', 'torch', '--dataroot', '{tmp}', '--out', '{tmp}/o'],
+        'cut.pt',
+        True,
+    ),
 ]
+
+
+def _truncated_models(folder: Path) -> None:
+    """cut.onnx: the first half of a real ONNX graph; cut.pt: a zip archive (torch.save's format) cut short."""
+    import io
+    import zipfile
+
+    onnx = pytest.importorskip('onnx')
+    from onnx import TensorProto, helper
+
+    node = helper.make_node('Identity', ['images'], ['labels'])
+    graph = helper.make_graph(
+        [node],
+        'g',
+        [helper.make_tensor_value_info('images', TensorProto.UINT8, [6, 128, 352, 3])],
+        [helper.make_tensor_value_info('labels', TensorProto.UINT8, [6, 128, 352, 3])],
+    )
+    data = helper.make_model(graph).SerializeToString()
+    (folder / 'cut.onnx').write_bytes(data[: len(data) // 2])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w') as archive:
+        archive.writestr('archive/data.pkl', b'\x80\x02}q\x00.' * 200)
+    (folder / 'cut.pt').write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    assert onnx is not None
 
 
 @pytest.mark.parametrize(
@@ -47,6 +89,8 @@ def test_bad_argument_gives_one_line_and_status_2(argv, names, needs_torch, tmp_
     if needs_torch:
         pytest.importorskip('torch')
     (tmp_path / 'a-file').write_text('not a checkpoint, not a folder')
+    if needs_torch:
+        _truncated_models(tmp_path)
     status, err = run([a.replace('{tmp}', str(tmp_path)) for a in argv], capsys)
     assert status == 2, err
     lines = err.strip().splitlines()

@@ -234,4 +234,16 @@ def test_random_streams_produce_sets_and_every_drop_reason():
         sets, drops = synchronise(messages, 7, 3, 0.05)
         n_sets += len(sets)
         totals.update(d.reason for d in drops)
-    assert n_sets > 50 and set(totals) == set(DROP_REASONS)
+    # time_backwards only comes from a caller's flush('time_backwards') (test below)
+    assert n_sets > 50 and set(totals) == set(DROP_REASONS) - {'time_backwards'}
+
+
+def test_flush_after_time_went_backwards_drops_the_queued_messages_with_that_reason():
+    sync = ApproximateTimeSync(3, 3, 0.05)
+    sync.add(0, 10, 'a')
+    sync.add(1, 20, 'b')
+    drops = sync.flush('time_backwards')
+    assert [(d.stream, d.stamp_ns, d.reason) for d in drops] == [(0, 10, 'time_backwards'), (1, 20, 'time_backwards')]
+    assert sync.accounted() and sync.queued(0) == ()
+    with pytest.raises(SyncError, match='reason'):
+        sync.flush('superseded')

@@ -569,6 +569,30 @@ def test_cache_hit_miss_on_every_key_change_and_rebuild(tmp_path, fakes) -> None
     assert len(trt.builds) == count + 8
 
 
+def test_a_cached_engine_without_its_exact_key_is_rebuilt_never_loaded(tmp_path, fakes) -> None:
+    """The engine file is used only with a sidecar holding exactly the wanted key; otherwise it is rebuilt."""
+    trt, _ = fakes()
+    onnx_path = graph(tmp_path / 'net.onnx')
+    engine = build_engine(onnx_path, ranges_for(), precision='fp32')
+    key = json.loads(sidecar_path(engine).read_text())
+    builds = len(trt.builds)
+
+    def damage(edit) -> None:
+        nonlocal builds
+        edit()
+        assert build_engine(onnx_path, ranges_for(), precision='fp32') == engine
+        assert len(trt.builds) == builds + 1, 'the stale engine was used instead of a rebuild'
+        assert json.loads(sidecar_path(engine).read_text()) == key
+        builds += 1
+
+    damage(lambda: sidecar_path(engine).unlink())  # a build interrupted between the two writes
+    damage(lambda: sidecar_path(engine).write_text('{"key": '))  # a sidecar cut short
+    stale = dict(key, key=dict(key['key'], trt_version='8.6.1'), digest='0' * 64)
+    damage(lambda: sidecar_path(engine).write_text(json.dumps(stale)))  # another key under this name
+    damage(lambda: engine.write_bytes(b''))  # an empty engine file
+    assert build_engine(onnx_path, ranges_for(), precision='fp32') == engine and len(trt.builds) == builds  # hit
+
+
 def test_build_errors_are_engine_errors(tmp_path, fakes, monkeypatch) -> None:
     onnx_path = graph(tmp_path / 'net.onnx')
     with pytest.raises(EngineError, match='no ONNX file'):

@@ -18,7 +18,8 @@ keep last 1) is replayed latched, as ``/tf_static`` must be.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,12 +37,14 @@ from rosbags.interfaces import (
 from ..messages import DISTROS, MessageTypes, rosbags_typestore
 
 __all__ = [
+    'BAG_READ_ERRORS',
     'BAG_VERSIONS',
     'DEFAULT_QOS',
     'LATCHED_QOS',
     'BagError',
     'BagMessage',
     'BagWriter',
+    'decode_message',
     'read_bag',
 ]
 
@@ -77,6 +80,55 @@ LATCHED_QOS = Qos(
 
 class BagError(ValueError):
     """A bag cannot be written (exists, unknown topic, bad distro) or read (missing, unexpected content)."""
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    from rosbags.highlevel import AnyReaderError
+    from rosbags.rosbag2 import ReaderError
+    from rosbags.serde import SerdeError
+    from rosbags.typesys import TypesysError
+
+    try:
+        from zstandard import ZstdError  # a damaged zstd chunk of a compressed MCAP
+    except ImportError:  # rosbags without MCAP compression support
+        extra: tuple[type[BaseException], ...] = ()
+    else:
+        extra = (ZstdError,)
+    return extra + (
+        AnyReaderError,
+        ReaderError,
+        SerdeError,
+        TypesysError,
+        OSError,
+        EOFError,
+        ValueError,  # UnicodeDecodeError of a damaged string
+        KeyError,  # a metadata.yaml or a QoS profile without an expected key
+        IndexError,
+        struct.error,
+        OverflowError,  # a damaged length field beyond what a read() accepts
+        MemoryError,  # a damaged length field asks rosbags for gigabytes
+    )
+
+
+BAG_READ_ERRORS: tuple[type[BaseException], ...] = _read_errors()
+"""What rosbags (and the libraries under it) raise on a truncated or damaged bag or CDR message; the readers here
+turn them into :class:`BagError`."""
+
+
+def decode_message(deserialize: Callable[[Any, str], Any], raw: Any, msgtype: str, where: str) -> Any:
+    """Deserialise one CDR message, turning rosbags' errors on damaged bytes into a :class:`BagError`.
+
+    Args:
+        deserialize: e.g. ``AnyReader.deserialize`` or a typestore's ``deserialize_cdr``.
+        raw: the serialised bytes. msgtype: the full type name. where: the topic (or file) for the message.
+
+    Raises:
+        BagError: naming ``where`` and the type: the bytes are not a valid CDR ``msgtype``.
+    """
+    try:
+        return deserialize(raw, msgtype)
+    except BAG_READ_ERRORS as err:
+        raise BagError(f'{where}: cannot decode {len(raw)} bytes as {msgtype}: {type(err).__name__}: {err}') from err
 
 
 class BagWriter:
@@ -198,9 +250,10 @@ def read_bag(path: Path | str, topics: Sequence[str] | None = None, distro: str 
         topics: only these topics (absolute names); all when None.
 
     Raises:
-        BagError: the bag does not exist or cannot be opened, or a requested topic is not in it.
+        BagError: the bag does not exist or cannot be opened, a requested topic is not in it, or the bag is
+            truncated or damaged (:data:`BAG_READ_ERRORS`; the messages before the damage were yielded).
     """
-    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.highlevel import AnyReader
 
     path = Path(path)
     if not path.exists():
@@ -208,8 +261,8 @@ def read_bag(path: Path | str, topics: Sequence[str] | None = None, distro: str 
     try:
         reader = AnyReader([path], default_typestore=rosbags_typestore(distro))
         reader.open()
-    except (AnyReaderError, OSError) as err:
-        raise BagError(f'{path}: cannot open as a rosbag: {err}') from err
+    except BAG_READ_ERRORS as err:
+        raise BagError(f'{path}: cannot open as a rosbag: {type(err).__name__}: {err}') from err
     try:
         present = {c.topic for c in reader.connections}
         if topics is not None:
@@ -217,7 +270,23 @@ def read_bag(path: Path | str, topics: Sequence[str] | None = None, distro: str 
             if missing:
                 raise BagError(f'{path}: topics {missing} are not in the bag; it has {sorted(present)}')
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
-        for conn, timestamp, raw in reader.messages(connections=conns):
-            yield BagMessage(conn.topic, conn.msgtype, int(timestamp), reader.deserialize(raw, conn.msgtype))
+        stream = reader.messages(connections=conns)
+        count = 0
+        while True:
+            try:
+                item = next(stream, None)
+            except BAG_READ_ERRORS as err:
+                raise BagError(
+                    f'{path}: truncated or damaged after {count} messages: {type(err).__name__}: {err}'
+                ) from err
+            if item is None:
+                return
+            conn, timestamp, raw = item
+            msg = decode_message(reader.deserialize, raw, conn.msgtype, f'{path} {conn.topic}')
+            count += 1
+            yield BagMessage(conn.topic, conn.msgtype, int(timestamp), msg)
     finally:
-        reader.close()
+        try:
+            reader.close()
+        except BAG_READ_ERRORS:
+            pass  # a damaged file may fail again while closing; the error that matters was raised above

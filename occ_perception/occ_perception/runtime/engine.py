@@ -5,7 +5,11 @@ carries a digest of everything that shapes it (:class:`EngineKey`): the ONNX
 file's SHA-256, the TensorRT version, the GPU's name and compute capability,
 the precision, every input's optimisation-profile range and the workspace
 limit. A JSON sidecar beside the engine lists the full key. A later start with
-the same key finds the file and skips the build; any change builds anew.
+the same key finds the file and skips the build; any change builds anew. A cached
+engine is used only when its sidecar is there and holds exactly the wanted key
+(:func:`cached_engine`): an engine without one (a build interrupted between the
+two writes, a file copied without it) or with another key is rebuilt, never
+loaded stale.
 
 One precision path for TensorRT 10 and 11: the network is always strongly typed
 (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; weak typing is deprecated
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -36,6 +41,8 @@ import numpy as np
 
 from .base import BackendError, TensorSpec
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     'FP32_NODES',
     'FP32_OP_TYPES',
@@ -45,6 +52,7 @@ __all__ = [
     'GpuInfo',
     'ShapeRange',
     'build_engine',
+    'cached_engine',
     'convert_to_fp16',
     'cuda_check',
     'fp16_graph',
@@ -277,6 +285,28 @@ def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
     return Path(os.fspath(engine_path) + '.json')
 
 
+def cached_engine(key: EngineKey, onnx_path: str | os.PathLike[str]) -> tuple[Path | None, str]:
+    """The cached engine for ``key``, if there is one that may be used.
+
+    Returns:
+        ``(path, '')`` when the engine file exists, is not empty and its sidecar holds exactly ``key``
+        (full key and digest); otherwise ``(None, why)``, ``why`` empty when there is simply no engine yet.
+    """
+    target = key.engine_path(onnx_path)
+    if not target.is_file():
+        return None, ''
+    if target.stat().st_size == 0:
+        return None, f'{target.name} is empty'
+    sidecar = sidecar_path(target)
+    try:
+        stored = json.loads(sidecar.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as err:
+        return None, f'{target.name} has no readable key sidecar {sidecar.name} ({type(err).__name__})'
+    if not isinstance(stored, dict) or stored.get('key') != key.as_dict() or stored.get('digest') != key.digest():
+        return None, f'the key in {sidecar.name} is not the wanted one'
+    return target, ''
+
+
 def onnx_io_specs(path: str | os.PathLike[str]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """The graph inputs and outputs of an ONNX file (dynamic dimensions as None).
 
@@ -490,8 +520,13 @@ def build_engine(
     cuda_check(cudart, cudart.cudaSetDevice(gpu.index), f'cudaSetDevice({gpu.index})')
     key = EngineKey.create(onnx_path, trt.__version__, gpu, precision, ranges, workspace_bytes)
     target = key.engine_path(onnx_path)
-    if target.is_file() and not rebuild:
-        return target
+    if not rebuild:
+        found, why = cached_engine(key, onnx_path)
+        if found is not None:
+            return found
+        if why:
+            log.warning('TensorRT engine cache: %s; building it anew', why)
+    sidecar_path(target).unlink(missing_ok=True)  # written again after the engine: no sidecar, no cache hit
 
     source = fp16_graph(onnx_path, calibration_feeds, rebuild) if precision == 'fp16' else Path(onnx_path)
 
