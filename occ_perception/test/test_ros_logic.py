@@ -24,11 +24,13 @@ from occ_perception.ros.logic import (
     LogicError,
     NodeStats,
     RigAssembler,
+    StampWatch,
     choose_backend,
     diagnostic_array,
     frame_from_set,
     make_processor,
     odometry_pose_at,
+    purge_newer,
     resolve_model_path,
 )
 from occ_perception.ros.params import PARAMS, ParamError, param_defaults, validate_params
@@ -555,3 +557,40 @@ def test_frames_through_the_runner_with_calibration_change_reset_and_drops(runne
     assert stats.frames_out == 5
     stages = set(stats.latencies())
     assert {'pipeline/network', 'pipeline/preprocess', 'encode/semantics', 'encode/costmap', 'end_to_end'} <= stages
+
+
+# ---------------------------------------------------------------------------
+# input time going backwards (bag --loop)
+
+
+def test_stamp_watch_flags_each_input_that_goes_backwards_once():
+    watch = StampWatch()
+    for k in range(5):  # 12 Hz, two inputs, equal stamps are no jump
+        assert not watch.observe('cam_front', T0 + k * NS // 12)
+        assert not watch.observe('odom', T0 + k * NS // 12)
+    assert not watch.observe('odom', T0 + 4 * NS // 12)
+    assert watch.observe('cam_front', T0 + NS // 24)  # the loop restarts at the bag's start
+    assert not watch.observe('cam_front', T0 + NS // 12 + NS // 24)  # counted once, then forward again
+    assert watch.observe('odom', T0)
+    assert watch.jumps == 2
+    tolerant = StampWatch(tolerance_ns=NS // 100)
+    tolerant.observe('cam_front', T0)
+    assert not tolerant.observe('cam_front', T0 - NS // 200)
+    assert tolerant.observe('cam_front', T0 - NS // 50)
+
+
+def test_purge_newer_keeps_only_stamps_that_can_still_pair_after_a_loop():
+    # the synchroniser's queues (stamp ns -> message) at the end of a bag: three frames each, 12 Hz
+    end = T0 + 20 * NS
+    stamps = [end - k * NS // 12 for k in (2, 1, 0)]
+    queues = [{t: jpeg_image(t, 32, 24, seed=i) for t in stamps} for i in range(len(CAMERAS))]
+    restart = T0 + NS // 24
+    queues[1][restart] = jpeg_image(restart, 32, 24, seed=9)  # cam_front's first image of the next loop
+    removed = purge_newer(queues, restart)
+    assert removed == 3 * len(CAMERAS)
+    assert [list(q) for q in queues] == [[]] + [[restart]] + [[]] * (len(CAMERAS) - 2)
+    assert queues[1][restart].header.stamp.sec == restart // NS
+    untouched = {T0: jpeg_image(T0, 32, 24, seed=1)}
+    lock = threading.Lock()
+    assert purge_newer([untouched], T0, lock) == 0 and list(untouched) == [T0]
+    assert not lock.locked()

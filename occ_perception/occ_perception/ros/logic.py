@@ -9,6 +9,8 @@ node) or builds them through a :class:`~occ_perception.messages.MessageTypes`.
   composed); names what is missing; a change of either gives a new rig (new digest), on
   which the pipeline rebuilds its splat tables and resets the temporal cache.
 - :func:`odometry_pose_at`: the synchronised Odometry carried to the frame stamp with its twist.
+- :class:`StampWatch` and :func:`purge_newer`: input time going backwards (``ros2 bag play --loop``) empties
+  the synchroniser's queues of the stamps that can no longer pair.
 - :class:`FrameSlot`: one pending frame, latest wins; the one it replaces is a drop.
 - :class:`DropCounter`: every dropped frame counted by reason (:data:`DROP_REASONS`).
 - :func:`choose_backend`: ``backend: auto`` resolution.
@@ -20,6 +22,7 @@ node) or builds them through a :class:`~occ_perception.messages.MessageTypes`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter, deque
@@ -51,6 +54,7 @@ __all__ = [
     'NodeStats',
     'RawImage',
     'RigAssembler',
+    'StampWatch',
     'StatusReport',
     'backend_precision',
     'build_pipeline',
@@ -61,6 +65,7 @@ __all__ = [
     'image_topic',
     'odometry_pose_at',
     'pose_from_odometry',
+    'purge_newer',
     'probe_onnxruntime_providers',
     'probe_tensorrt',
     'resolve_model_path',
@@ -331,6 +336,47 @@ def frame_from_set(cameras: Sequence[str], messages: Sequence[Any]) -> Frame:
     anchor = list(cameras).index('cam_front') if 'cam_front' in cameras else 0
     odom = messages[n] if len(messages) > n else None
     return Frame(stamps[anchor], dict(zip(cameras, images)), max(stamps) - min(stamps), odom)
+
+
+class StampWatch:
+    """Notices an input whose header stamps go backwards (a bag replayed with ``--loop``, a restarted simulation).
+
+    Each input keeps its newest stamp; :meth:`observe` says when a stamp is older than that by more than
+    ``tolerance_ns``. Thread-safe.
+    """
+
+    def __init__(self, tolerance_ns: int = 0) -> None:
+        self.tolerance_ns = int(tolerance_ns)
+        self.latest: dict[str, int] = {}
+        self.jumps = 0  # inputs seen going backwards so far
+        self._lock = threading.Lock()
+
+    def observe(self, name: str, stamp_ns: int) -> bool:
+        """Record ``stamp_ns`` [ns] of input ``name``; True when it went backwards (then it is the new newest)."""
+        with self._lock:
+            previous = self.latest.get(name)
+            self.latest[name] = stamp_ns
+            if previous is not None and stamp_ns < previous - self.tolerance_ns:
+                self.jumps += 1
+                return True
+            return False
+
+
+def purge_newer(queues: Sequence[dict[int, Any]], stamp_ns: int, lock: Any = None) -> int:
+    """Remove from synchroniser queues (stamp [ns] -> message, as message_filters keeps them) every entry newer
+    than ``stamp_ns``, holding ``lock`` (the synchroniser's, or None) meanwhile; returns how many went.
+
+    After time went backwards these entries are newer than anything that will arrive: the
+    ApproximateTimeSynchronizer would pair nothing with them, and with full queues it drops each new message
+    as the oldest, so the node would stop producing frames.
+    """
+    removed = 0
+    with lock if lock is not None else contextlib.nullcontext():
+        for queue in queues:
+            for key in [k for k in queue if k > stamp_ns]:
+                del queue[key]
+                removed += 1
+    return removed
 
 
 class DropCounter:

@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any
 
-from ..messages import MessageTypes
+from ..messages import MessageTypes, stamp_to_ns
 from . import logic
 from .params import PARAMS, NodeParams, ParamError, ParamSpec, validate_params
 
@@ -80,6 +80,7 @@ class OccNode(Node):
         self.stats = logic.NodeStats([*p.cameras] + (['odom'] if p.pose_source == 'odom' else []))
         self.slot = logic.FrameSlot(self.drops)
         self.rigs = logic.RigAssembler(p.cameras, p.ego_frame)
+        self.watch = logic.StampWatch()
         out_qos = QoSProfile(depth=OUTPUT_QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
         self.pubs = {
             topic: self.create_publisher(self.types.resolve(msg_type), topic, out_qos)
@@ -153,8 +154,14 @@ class OccNode(Node):
 
     # --- callbacks (executor thread)
 
-    def _on_image(self, _msg: Any, name: str) -> None:
+    def _on_image(self, msg: Any, name: str) -> None:
+        """Before the synchroniser sees ``msg``: count it; after a loop purge the stamps that cannot pair."""
         self.stats.arrived(name)
+        stamp = stamp_to_ns(msg.header.stamp)
+        if self.watch.observe(name, stamp):
+            removed = logic.purge_newer(self.sync.queues, stamp, self.sync.lock)
+            text = f'{name} went back in time to {stamp * 1e-9:.3f} s: {removed} queued input(s) purged'
+            self.get_logger().info(text, throttle_duration_sec=2.0)
 
     def _on_set(self, *images: Any) -> None:
         """Under the synchroniser's lock: hand the frame over, never process it here."""
