@@ -55,6 +55,7 @@ RUNTIME = [
     'onnx>=1.15',
     'onnxruntime>=1.16',
     'onnxscript>=0.1',  # only for `occ-perception export --dynamo`
+    'matplotlib>=3.6',  # the confusion-matrix and loss PNGs of eval, demo and train
 ]
 
 # What nuscenes-devkit 1.2.0's `nuscenes.nuscenes` module imports beyond RUNTIME. The devkit itself pins
