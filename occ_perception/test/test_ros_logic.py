@@ -17,6 +17,7 @@ from occ_perception.rig import Rig
 from occ_perception.ros.logic import (
     DROP_REASONS,
     OUTPUT_TOPICS,
+    BackendChoice,
     DropCounter,
     Frame,
     FrameRunner,
@@ -29,11 +30,13 @@ from occ_perception.ros.logic import (
     diagnostic_array,
     frame_from_set,
     make_processor,
+    node_reports,
     odometry_pose_at,
     purge_newer,
+    raw_converter,
     resolve_model_path,
 )
-from occ_perception.ros.params import PARAMS, ParamError, param_defaults, validate_params
+from occ_perception.ros.params import PARAMS, ParamError, param_defaults, param_descriptor, validate_params
 from pyquaternion import Quaternion
 
 NS = 1_000_000_000
@@ -131,6 +134,25 @@ def jpeg_image(stamp_ns: int, width: int, height: int, seed: int, frame_id: str 
 
 # ---------------------------------------------------------------------------
 # parameters
+
+
+@pytest.mark.parametrize('distro', ['humble', 'jazzy'])
+def test_parameter_descriptors_carry_description_choices_and_ranges(distro):
+    types = MessageTypes.rosbags(distro)
+    by_name = {spec.name: spec for spec in PARAMS}
+    for spec in PARAMS:
+        d = cdr(param_descriptor(spec, types), 'rcl_interfaces/msg/ParameterDescriptor', distro)
+        assert d.name == spec.name and d.description.startswith(spec.description) and d.type == 0
+        assert all(choice in d.description for choice in spec.choices)
+        bounded = spec.low is not None and spec.high is not None
+        ints, floats = list(d.integer_range), list(d.floating_point_range)
+        assert len(ints) == int(bounded and spec.kind == 'integer')
+        assert len(floats) == int(bounded and spec.kind == 'double')
+        for r in ints + floats:
+            assert (r.from_value, r.to_value) == (spec.low, spec.high)
+    assert any(s.kind == 'integer' and s.low is not None for s in PARAMS)
+    d = param_descriptor(by_name['marker_min_speed'], types)
+    assert d.floating_point_range[0].step == 0.0 and (d.floating_point_range[0].to_value == 50.0)
 
 
 def test_defaults_validate_and_every_declared_parameter_is_a_field():
@@ -470,6 +492,42 @@ def test_diagnostics_report_rates_latency_drops_cache_and_backend(distro):
     assert msg.status[2].message == 'last reset: requested'
     assert {kv.key: kv.value for kv in msg.status[2].values}['entries'] == 'no temporal cache'
     assert msg.status[1].level == types.resolve('diagnostic_msgs/msg/DiagnosticStatus').WARN
+
+
+def test_node_reports_state_backend_precision_and_cache_entries():
+    stats, drops = NodeStats(['cam_front'], window=5.0), DropCounter()
+    trt = BackendChoice('tensorrt', 'cuda:0', 'engine found')
+    ort = BackendChoice('onnxruntime', 'cpu', 'no TensorRT')
+    params = validate_params({'precision': 'fp16'})
+    pipe = {
+        r.name: dict(r.values)
+        for r in node_reports(stats, drops, trt, params, SimpleNamespace(entries=[1, 2]), [], None)
+    }
+    assert pipe['occ_node: pipeline']['precision'] == 'fp16' and pipe['occ_node: temporal cache']['entries'] == '2'
+    reports = node_reports(stats, drops, ort, params, None, ['cam_front/camera_info'], 'no pose')
+    values = {r.name: dict(r.values) for r in reports}
+    assert (
+        values['occ_node: pipeline']['backend'] == 'onnxruntime' and values['occ_node: pipeline']['precision'] == 'fp32'
+    )
+    assert values['occ_node: temporal cache']['entries'] == 'no temporal cache'
+    assert values['occ_node: inputs']['pose'] == 'no pose' and reports[0].level == 'WARN'
+
+
+def test_raw_converter_keeps_the_header_and_the_converted_pixels():
+    image_cls = rosbags_typestore('jazzy').types['sensor_msgs/msg/Image']
+    header_cls = rosbags_typestore('jazzy').types['std_msgs/msg/Header']
+    time_cls = rosbags_typestore('jazzy').types['builtin_interfaces/msg/Time']
+    bgr = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    msg = image_cls(header_cls(time_cls(5, 7), 'cam_front'), 4, 6, 'bgr8', 0, 18, bgr.reshape(-1))
+
+    class Bridge:  # what cv_bridge.CvBridge.imgmsg_to_cv2 does for bgr8 -> rgb8
+        def imgmsg_to_cv2(self, m, desired_encoding):
+            assert desired_encoding == 'rgb8'
+            return np.asarray(m.data).reshape(m.height, m.width, 3)[..., ::-1]
+
+    raw = raw_converter(Bridge())(msg)
+    assert raw.header is msg.header and raw.encoding == 'rgb8' and (raw.width, raw.height, raw.step) == (6, 4, 18)
+    np.testing.assert_array_equal(raw.data.reshape(4, 6, 3), bgr[..., ::-1])
 
 
 # ---------------------------------------------------------------------------

@@ -302,6 +302,15 @@ class RawImage:
         return cls(header, encoding, w, h, image.strides[0], image.reshape(-1))
 
 
+def raw_converter(bridge: Any) -> Callable[[Any], RawImage]:
+    """sensor_msgs/Image -> :class:`RawImage` in rgb8 through a cv_bridge ``CvBridge`` (any source encoding)."""
+
+    def convert(msg: Any) -> RawImage:
+        return RawImage.from_array(msg.header, bridge.imgmsg_to_cv2(msg, desired_encoding='rgb8'), 'rgb8')
+
+    return convert
+
+
 @dataclass(frozen=True)
 class Frame:
     """One synchronised set of camera images.
@@ -472,6 +481,15 @@ def probe_tensorrt() -> str | None:
     return None if gpu else 'no GPU'
 
 
+def foxglove_available() -> bool:
+    """True when the ``foxglove_msgs`` Python package imports (then ``occupancy/voxels`` is published)."""
+    try:
+        import foxglove_msgs.msg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def probe_onnxruntime_providers() -> list[str]:
     """onnxruntime's available execution providers ([] when onnxruntime is not installed)."""
     try:
@@ -620,6 +638,20 @@ def make_processor(pipeline: Any, types: MessageTypes, params: NodeParams, voxel
 def backend_precision(choice: BackendChoice, params: NodeParams) -> str:
     """The precision reported in diagnostics: the engine's for tensorrt, the graph's (fp32) otherwise."""
     return params.precision if choice.backend == 'tensorrt' else 'fp32'
+
+
+def node_reports(
+    stats: NodeStats,
+    drops: DropCounter,
+    choice: BackendChoice,
+    params: NodeParams,
+    cache: Any,
+    rig_missing: Sequence[str],
+    pose_problem: str | None,
+) -> list[StatusReport]:
+    """:meth:`NodeStats.reports` for the node's current state (``cache``: the pipeline's TemporalCache or None)."""
+    entries = None if cache is None else len(cache.entries)
+    return stats.reports(drops, choice.backend, backend_precision(choice, params), entries, rig_missing, pose_problem)
 
 
 # ---------------------------------------------------------------------------

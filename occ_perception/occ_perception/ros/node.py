@@ -11,16 +11,16 @@ import sys
 import threading
 from typing import Any
 
+from ..geometry import Transform
 from ..messages import MessageTypes, stamp_to_ns
 from . import logic
-from .params import PARAMS, NodeParams, ParamError, ParamSpec, validate_params
+from .params import PARAMS, NodeParams, ParamError, param_descriptor, validate_params
 
 try:
     import message_filters
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import Odometry
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
     from rclpy.duration import Duration
     from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException
@@ -43,38 +43,21 @@ class StartupError(RuntimeError):
     """The node cannot start: an invalid parameter or a model that cannot be loaded."""
 
 
-def descriptor(spec: ParamSpec) -> Any:
-    """rcl_interfaces/ParameterDescriptor of a :class:`ParamSpec` (description, choices, range)."""
-    text = spec.description + (f' (one of {", ".join(spec.choices)})' if spec.choices else '')
-    desc = ParameterDescriptor(name=spec.name, description=text)
-    if spec.kind == 'integer' and spec.low is not None and spec.high is not None:
-        desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
-    elif spec.kind == 'double' and spec.low is not None and spec.high is not None:
-        desc.floating_point_range = [
-            FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)
-        ]
-    return desc
-
-
 class OccNode(Node):
     """Subscriptions, publishers, service and timers of ``occ_node`` around a :class:`logic.FrameRunner`."""
 
     def __init__(self) -> None:
         super().__init__('occ_node')
+        self.types = MessageTypes.python_modules()
         self.params = self._read_params()
         p, log = self.params, self.get_logger()
-        self.types = MessageTypes.python_modules()
         try:
             self.pipeline, self.choice = logic.build_pipeline(p)
         except Exception as err:  # LogicError, PipelineError, TemporalError, ConfigError: all end the start
             raise StartupError(str(err)) from err
         log.info(self.choice.reason)
-        try:
-            import foxglove_msgs.msg  # noqa: F401
-
-            voxels = True
-        except ImportError:
-            voxels = False
+        voxels = logic.foxglove_available()
+        if not voxels:
             log.info('foxglove_msgs is not installed: occupancy/voxels (foxglove_msgs/msg/VoxelGrid) is not published')
         self.drops = logic.DropCounter()
         self.stats = logic.NodeStats([*p.cameras] + (['odom'] if p.pose_source == 'odom' else []))
@@ -100,11 +83,7 @@ class OccNode(Node):
         if p.image_transport == 'raw':
             from cv_bridge import CvBridge
 
-            bridge = CvBridge()
-
-            def convert(msg: Any) -> logic.RawImage:
-                return logic.RawImage.from_array(msg.header, bridge.imgmsg_to_cv2(msg, desired_encoding='rgb8'), 'rgb8')
-
+            convert = logic.raw_converter(CvBridge())
         processor = logic.make_processor(self.pipeline, self.types, p, voxels)
         self.runner = logic.FrameRunner(processor, self.rigs, pose_at, self.stats, self.drops, convert)
 
@@ -147,7 +126,8 @@ class OccNode(Node):
         values = {}
         try:
             for spec in PARAMS:
-                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor(spec)).value
+                desc = param_descriptor(spec, self.types)
+                values[spec.name] = self.declare_parameter(spec.name, spec.default, desc).value
             return validate_params(values)
         except (ParameterException, ParamError) as err:
             raise StartupError(f'invalid parameter: {err}') from err
@@ -177,12 +157,12 @@ class OccNode(Node):
         missing = self.rigs.missing()
         if missing:
             self.get_logger().warning('waiting for ' + ', '.join(missing), throttle_duration_sec=5.0)
-        cache = self.pipeline.cache
-        reports = self.stats.reports(
+        reports = logic.node_reports(
+            self.stats,
             self.drops,
-            self.choice.backend,
-            logic.backend_precision(self.choice, self.params),
-            None if cache is None else len(cache.entries),
+            self.choice,
+            self.params,
+            self.pipeline.cache,
             missing,
             self.runner.last_pose_problem,
         )
@@ -194,8 +174,6 @@ class OccNode(Node):
         return logic.odometry_pose_at(frame.odom, frame.stamp_ns, self.params.world_frame, self.params.ego_frame)
 
     def _tf_pose(self, frame: Any) -> Any:
-        from ..geometry import Transform
-
         t = self.tf_buffer.lookup_transform(
             self.params.world_frame,
             self.params.ego_frame,

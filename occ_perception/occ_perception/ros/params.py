@@ -23,6 +23,7 @@ __all__ = [
     'ParamError',
     'ParamSpec',
     'param_defaults',
+    'param_descriptor',
     'validate_params',
 ]
 
@@ -52,6 +53,35 @@ class ParamSpec:
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
+
+
+def param_descriptor(spec: ParamSpec, types: Any) -> Any:
+    """rcl_interfaces/msg/ParameterDescriptor of ``spec``: description (with the choices of a string), and
+    the integer or floating-point range where both bounds are given (step 0: any value in the range).
+
+    Args:
+        spec: the parameter. types: a :class:`occ_perception.messages.MessageTypes` (rclpy or rosbags classes).
+    """
+    text = spec.description + (f' (one of {", ".join(spec.choices)})' if spec.choices else '')
+    integer_range, float_range = [], []
+    if spec.low is not None and spec.high is not None and spec.kind == 'integer':
+        integer_range = [
+            types.make('rcl_interfaces/msg/IntegerRange', from_value=int(spec.low), to_value=int(spec.high), step=1)
+        ]
+    elif spec.low is not None and spec.high is not None and spec.kind == 'double':
+        low, high = float(spec.low), float(spec.high)
+        float_range = [types.make('rcl_interfaces/msg/FloatingPointRange', from_value=low, to_value=high, step=0.0)]
+    return types.make(
+        'rcl_interfaces/msg/ParameterDescriptor',
+        name=spec.name,
+        type=0,  # PARAMETER_NOT_SET: declare_parameter takes the type from the default value
+        description=text,
+        additional_constraints='',
+        read_only=False,
+        dynamic_typing=False,
+        floating_point_range=float_range,
+        integer_range=integer_range,
+    )
 
 
 PARAMS: tuple[ParamSpec, ...] = (
