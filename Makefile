@@ -8,7 +8,7 @@ PYTHON310 ?= $(shell for p in $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/pytho
 	$$p -c 'import venv' >/dev/null 2>&1 && { command -v $$p; break; }; done)
 COMPAT := .venv-py310
 
-.PHONY: test lint test-main test-compat fuzz demo bench venv clean
+.PHONY: test lint test-main test-compat fuzz demo bench bench-curves venv clean
 
 venv: $(STAMP)
 
@@ -60,6 +60,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/occ-perception bench --json bench_out/bench.json
+
+# the scaling curves (grid size: splat, output encoding; K = 0..8: network) as PNG, with the history stage
+bench-curves: $(STAMP)
+	$(VENV)/bin/occ-perception bench --stages history --plots bench_out/plots --json bench_out/bench_curves.json
 
 clean:
 	rm -rf $(VENV) $(COMPAT) build occ_perception/build occ_perception/*.egg-info

@@ -178,7 +178,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with ``--backend tensorrt|onnxruntime-cuda`` the network on a GPU (:func:`cmd_bench_gpu`)."""
     if getattr(args, 'backend', 'onnxruntime') != 'onnxruntime':
         return cmd_bench_gpu(args)
-    for name in ('repeats', 'm0_repeats'):
+    for name in ('repeats', 'm0_repeats', 'naive_repeats', 'curve_repeats'):
         if getattr(args, name) < 1:
             raise CliError(f'--{name.replace("_", "-")}: expected at least 1, got {getattr(args, name)}')
     if args.threads < 0:
@@ -189,7 +189,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f'--stages: expected a comma-separated subset of {",".join(BENCH_STAGES)} or all, got {args.stages!r}'
         )
     stages = BENCH_STAGES if names == ['all'] else tuple(n for n in BENCH_STAGES if n in names)
-    from .runtime.bench import run_bench  # imports torch: after the argument checks
+    try:
+        history_ks = tuple(int(k) for k in args.history_ks.split(',') if k.strip())
+    except ValueError:
+        history_ks = ()
+    if not history_ks or min(history_ks) < 0:
+        raise CliError(
+            f'--history-ks: expected comma-separated history lengths >= 0, e.g. 0,2,8, got {args.history_ks!r}'
+        )
+    from .runtime.bench import CURVE_KS, run_bench  # imports torch: after the argument checks
+
+    quick = bool(args.quick)
 
     run_bench(
         repeats=args.repeats,
@@ -199,11 +209,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         stages=stages,
         images=args.images,
         json_path=args.json,
+        naive_repeats=1 if quick else args.naive_repeats,
+        history_ks=history_ks,
+        plots_dir=args.plots,
+        curve_repeats=1 if quick else args.curve_repeats,
+        curve_ks=(0, 2, 4, 8) if quick else CURVE_KS,
     )
     return 0
 
 
-BENCH_STAGES = ('preprocess', 'encode', 'splat', 'network')
+BENCH_STAGES = ('preprocess', 'encode', 'naive', 'splat', 'network', 'history')
 """The stages of ``occ-perception bench`` (runtime.bench.STAGES, repeated here so the CLI checks without torch)."""
 
 
@@ -591,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     eng.set_defaults(func=cmd_build_engine)
 
     bench = sub.add_parser(
-        'bench', help='per-stage timings: preprocessing, output encoding, splat, network (baselines in the same run)'
+        'bench',
+        help='per-stage timings: preprocessing, output encoding, splat, network, history (baselines in the same run)',
     )
     bench.add_argument('--repeats', type=int, default=15, help='timed repeats per figure after warm-up')
     bench.add_argument(
@@ -609,6 +625,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--m0-repeats', type=int, default=5)
     bench.add_argument('--threads', type=int, default=0, help='onnxruntime intra-op threads (0 = default)')
     bench.add_argument('--skip-m0', action='store_true', help='leave out the slow M0 end-to-end figure')
+    bench.add_argument(
+        '--naive-repeats', type=int, default=3, help='timed repeats of the naive stage (its baselines take ~1 s each)'
+    )
+    bench.add_argument(
+        '--history-ks', default='0,2,8', help='history lengths K of the history stage, comma-separated (default 0,2,8)'
+    )
+    bench.add_argument(
+        '--plots',
+        metavar='DIR',
+        help='also measure the scaling curves (grid size: splat, output encoding; K = 0..8: network) and write PNGs',
+    )
+    bench.add_argument('--curve-repeats', type=int, default=3, help='timed repeats per scaling-curve point')
+    bench.add_argument(
+        '--quick', action='store_true', help='one repeat for the naive stage and the curves, curve K in 0,2,4,8'
+    )
     bench.add_argument(
         '--backend',
         choices=['onnxruntime', 'tensorrt', 'onnxruntime-cuda'],

@@ -12,11 +12,22 @@ run are what to compare; the load average before and after is recorded). Stages
 - ``encode``: each output message (semantics, flow, points, markers, costmap, VoxelGrid) of a
   200x200x16 frame with exactly 30,000 occupied voxels (:func:`encode_frame`), each from a fresh
   :class:`~occ_perception.outputs.OccFrame`, and all of them from one frame (the total);
+- ``naive``: message building against the naive baselines of :mod:`.baselines` (:func:`naive_bench`):
+  SemanticOccupancy and OccupancyFlow filled element by element in Python loops against our bytes copy
+  (their CDR bytes checked equal first), and a MarkerArray with one Point made per occupied voxel against
+  ours (surface voxels, cached Points); ``naive_repeats`` calls (the baselines take about a second each);
 - ``splat``: the splat alone for M1 geometry (nuScenes rig, 6 x 88 x 16 x 44 frustum points,
-  64 channels): onnxruntime CPU running the table graph vs torch eager ``index_select`` x 2, Mul,
-  ``index_add`` with precomputed BEVPoolv2 ranks sorted by cell, and their ratio;
+  64 channels): onnxruntime CPU running the table graph, onnxruntime CPU running a ScatterElements(add)
+  baseline graph, and torch eager ``index_select`` x 2, Mul, ``index_add`` with precomputed BEVPoolv2
+  ranks sorted by cell (outputs checked allclose first), and their ratios;
 - ``network``: ``tiny`` end to end on onnxruntime CPU with six cameras, and ``flashocc-m0``
-  (leave it out with ``skip_m0``).
+  (leave it out with ``skip_m0``);
+- ``history``: ``tiny`` per frame with K history frames (``history_ks``, default 0, 2, 8) through the
+  temporal cache (one pass plus the warp in the graph) against recomputing the K history frames with K
+  extra image-encoder passes (:func:`history_bench`).
+
+With ``plots_dir``, the scaling curves (:func:`scaling_curves`: splat and output encoding against grid
+size, the network against K = 0..8) are measured too and written as PNG (:func:`write_plots`).
 """
 
 from __future__ import annotations
@@ -42,19 +53,28 @@ __all__ = [
     'STAGES',
     'BenchError',
     'Timing',
+    'CURVE_HEIGHTS',
+    'CURVE_KS',
+    'CURVE_SIZES',
+    'curve_grid',
+    'curve_occupied',
     'encode_bench',
     'encode_frame',
+    'history_bench',
     'interleaved_stats',
     'machine_description',
     'median_time',
+    'naive_bench',
     'preprocess_bench',
     'run_bench',
+    'scaling_curves',
     'splat_bench',
     'synthetic_jpegs',
     'time_stats',
+    'write_plots',
 ]
 
-STAGES: tuple[str, ...] = ('preprocess', 'encode', 'splat', 'network')
+STAGES: tuple[str, ...] = ('preprocess', 'encode', 'naive', 'splat', 'network', 'history')
 """Stage names of ``--stages``, in the order they run."""
 
 ENCODE_MESSAGES: tuple[str, ...] = ('semantics', 'flow', 'points', 'markers', 'costmap', 'voxel_grid')
@@ -450,12 +470,22 @@ def _cdr_bytes(msg: object, name: str) -> bytes:
     return bytes(rosbags_typestore('jazzy').serialize_cdr(msg, _MSGTYPES[name]))
 
 
-def splat_bench(workdir: Path, repeats: int = 15, threads: int = 0) -> tuple[Timing, Timing]:
-    """Splat for M1 geometry: (onnxruntime table graph, torch eager index_add), interleaved.
+def splat_bench(
+    workdir: Path, repeats: int = 15, threads: int = 0, grid: GridSpec | None = None, warmup: int = 2
+) -> tuple[dict[str, Timing], dict[str, Any]]:
+    """Splat for M1 geometry (optionally on another ``grid``), three ways on the same inputs, interleaved:
+    onnxruntime CPU running our table graph (``splat_ort``), onnxruntime CPU running the ScatterElements(add)
+    baseline graph (``splat_scatter_ort``, :func:`~occ_perception.runtime.baselines.scatter_splat_onnx`) and
+    torch eager ``index_add`` over precomputed ranks (``splat_torch``).
+
+    Returns:
+        ``(timings, info)``: info holds the BEV size, the frustum point count inside the grid and the largest
+        difference of each path from the table graph.
 
     Raises:
-        RuntimeError: the two splats disagree.
+        BenchError: the outputs of two paths are not allclose (atol 1e-4).
     """
+    import dataclasses
     import warnings
 
     from ..model.config import get_config
@@ -463,17 +493,22 @@ def splat_bench(workdir: Path, repeats: int = 15, threads: int = 0) -> tuple[Tim
     from ..model.splat_reference import splat_index_add, splat_ranks
     from ..model.splat_tables import build_splat_tables, frustum_cells, splat_table_names
     from ..rig import Rig
+    from .baselines import scatter_splat_onnx
     from .ort_backend import OnnxRuntimeBackend
 
     cfg = get_config('flashocc-m1')
-    tables = build_splat_tables(cfg, Rig.nuscenes().matrices(*cfg.image_size))
+    if grid is not None:
+        cfg = dataclasses.replace(cfg, grid=grid)
+    matrices = Rig.nuscenes().matrices(*cfg.image_size)
+    tables = build_splat_tables(cfg, matrices)
     names = splat_table_names()
     w, h = cfg.feature_size
     gen = torch.Generator().manual_seed(0)
     depth = torch.rand(6, cfg.num_depth_bins, h, w, generator=gen).softmax(1)
     feat = torch.randn(6, cfg.context_channels, h, w, generator=gen)
     module = Splat(cfg.bev_size)
-    path = workdir / 'splat_m1.onnx'
+    tag = 'x'.join(str(n) for n in cfg.bev_size)
+    path = workdir / f'splat_m1_{tag}.onnx'
     args = (depth, feat, *(torch.from_numpy(tables[n]) for n in names))
     dynamic = {n: {i: f'{n}_{i}' for i in range(tables[n].ndim)} for n in names if n != 'splat_cell_index'}
     with warnings.catch_warnings():
@@ -492,20 +527,43 @@ def splat_bench(workdir: Path, repeats: int = 15, threads: int = 0) -> tuple[Tim
     feeds = {'depth': depth.numpy(), 'feat': feat.numpy(), **tables}
 
     # torch reference with BEVPoolv2-style precomputed ranks: gather, multiply, index_add
-    cells = frustum_cells(cfg, Rig.nuscenes().matrices(*cfg.image_size))
-    ranks = splat_ranks(cells, tuple(depth.shape))
+    ranks = splat_ranks(frustum_cells(cfg, matrices), tuple(depth.shape))
+    scatter = OnnxRuntimeBackend(
+        scatter_splat_onnx(workdir / f'splat_scatter_{tag}.onnx', cfg.bev_size, cfg.context_channels), threads=threads
+    )
+    scatter_feeds = {
+        'depth': feeds['depth'],
+        'feat': feeds['feat'],
+        **{name: r.numpy() for name, r in zip(('ranks_depth', 'ranks_feat', 'ranks_bev'), ranks)},
+    }
 
     def torch_splat() -> torch.Tensor:
         return splat_index_add(depth, feat, ranks, cfg.bev_size)
 
     ort_out = backend.run(feeds)['bev']
+    scatter_out = scatter.run(scatter_feeds)['bev']
     with torch.inference_mode():
         ref = torch_splat().numpy()
-        if not np.allclose(ort_out, ref, atol=1e-4):
-            raise RuntimeError(f'bench: splat outputs differ by {np.abs(ort_out - ref).max()}')
-        # interleave the two so that load from other processes hits both alike
-        t = interleaved_stats({'splat_ort': lambda: backend.run(feeds), 'splat_torch': torch_splat}, repeats)
-    return t['splat_ort'], t['splat_torch']
+        for name, other in (('torch index_add', ref), ('ScatterElements baseline', scatter_out)):
+            if other.shape != ort_out.shape or not np.allclose(ort_out, other, atol=1e-4):
+                raise BenchError(f'bench splat: the table graph and the {name} differ')
+        # interleave the three so that load from other processes hits all alike
+        timings = interleaved_stats(
+            {
+                'splat_ort': lambda: backend.run(feeds),
+                'splat_scatter_ort': lambda: scatter.run(scatter_feeds),
+                'splat_torch': torch_splat,
+            },
+            repeats,
+            warmup,
+        )
+    info = {
+        'bev_size': list(cfg.bev_size),
+        'frustum_points_in_grid': int(ranks[0].numel()),
+        'max_abs_diff_torch': float(np.abs(ort_out - ref).max()),
+        'max_abs_diff_scatter': float(np.abs(ort_out - scatter_out).max()),
+    }
+    return timings, info
 
 
 def model_bench(config_name: str, workdir: Path, repeats: int, threads: int = 0) -> Timing:
@@ -523,6 +581,336 @@ def model_bench(config_name: str, workdir: Path, repeats: int, threads: int = 0)
     return time_stats(f'{config_name}_ort', lambda: backend.run(feeds), repeats)
 
 
+def history_bench(
+    workdir: Path,
+    ks: Sequence[int] = (0, 2, 8),
+    repeats: int = 10,
+    threads: int = 0,
+    recompute: bool = True,
+    warmup: int = 2,
+) -> tuple[dict[str, Timing], dict[str, Any]]:
+    """``tiny`` per frame on onnxruntime CPU with K history frames, for each K in ``ks``, two ways, interleaved:
+
+    - ``history_cached_k<K>`` (ours): :meth:`~occ_perception.temporal.BevCache.prepare`, one network pass
+      with the K cached BEV features warped in the graph, :meth:`~occ_perception.temporal.BevCache.push`;
+      frames at 12 Hz with the ego moving at 10 m/s and a cache filled beforehand, so every slot is valid;
+    - ``history_recompute_k<K>`` (baseline, K > 0): K extra passes of the image encoder
+      (:func:`~occ_perception.runtime.baselines.export_encoder_onnx`) to recompute the K history features,
+      then the same network pass with them.
+
+    Returns:
+        ``(timings, info)``: info holds the ks and, per K, the ratio of each way to ``history_cached_k0``
+        (when 0 is among ``ks``).
+
+    Raises:
+        BenchError: ``ks`` empty or negative, or the encoder-only graph disagrees with the network's
+        ``bev_feature``.
+    """
+    from ..geometry import Transform
+    from ..model.config import get_config
+    from ..model.network import OccNet
+    from ..temporal import NS, BevCache, TemporalConfig
+    from .baselines import export_encoder_onnx
+    from .export import export_onnx, sample_inputs
+    from .ort_backend import OnnxRuntimeBackend
+
+    if not ks or min(ks) < 0:
+        raise BenchError(f'history ks: expected non-negative history lengths, got {list(ks)}')
+    fns: dict[str, Callable[[], object]] = {}
+    encoder: Any = None
+    period = NS // 12  # frames at 12 Hz, the ego at 10 m/s along x
+
+    def pose(stamp: int) -> Transform:
+        return Transform(translation=np.array([10.0 * stamp / NS, 0.0, 0.0]))
+
+    for k in ks:
+        torch.manual_seed(0)
+        cfg = get_config('tiny', history=k)
+        net = OccNet(cfg).eval()
+        backend = OnnxRuntimeBackend(export_onnx(net, workdir / f'tiny_k{k}.onnx'), threads=threads)
+        feeds = sample_inputs(net)
+        base = {name: feeds[name] for name in feeds if not name.startswith('history_')}
+        if encoder is None and recompute:
+            encoder = OnnxRuntimeBackend(
+                export_encoder_onnx(net, feeds, workdir / 'tiny_encoder.onnx'), threads=threads
+            )
+            got, want = encoder.run(base)['bev_feature'], backend.run(feeds)['bev_feature']
+            if got.shape != want.shape or not np.allclose(got, want, atol=1e-4):
+                raise BenchError('bench history: the encoder-only graph and the network disagree on bev_feature')
+        x_size, y_size = cfg.bev_size
+        cache = BevCache(
+            TemporalConfig(offsets=cfg.history_offsets, history_span=max(1.5, 0.5 * k + 0.5)),
+            cfg.grid,
+            (cfg.context_channels, y_size, x_size),
+        )
+        clock = {'stamp': 0}
+        rng = np.random.default_rng(k)
+        for i in range(int(cache.config.history_span * 12) + 1):  # history_span of frames before the first timed one
+            clock['stamp'] = i * period
+            feature = rng.standard_normal(cache.feature_shape).astype(np.float32)
+            cache.push(clock['stamp'], pose(clock['stamp']), feature)
+
+        def cached(backend: Any = backend, base: dict = base, cache: BevCache = cache, clock: dict = clock) -> object:
+            if not cache.size:  # K = 0: the network alone
+                return backend.run(base)
+            clock['stamp'] += period
+            stamp = clock['stamp']
+            history = cache.prepare(stamp, pose(stamp))
+            out = backend.run({**base, **history.feeds()})
+            cache.push(stamp, pose(stamp), out['bev_feature'])
+            return out
+
+        fns[f'history_cached_k{k}'] = cached
+        if recompute and k > 0:
+
+            def recomputed(
+                backend: Any = backend, encoder: Any = encoder, feeds: dict = feeds, base: dict = base, k: int = k
+            ) -> object:
+                bev = np.stack([encoder.run(base)['bev_feature'] for _ in range(k)])
+                return backend.run({**feeds, 'history_bev': bev})
+
+            fns[f'history_recompute_k{k}'] = recomputed
+    timings = interleaved_stats(fns, repeats, warmup)
+    info: dict[str, Any] = {'ks': [int(k) for k in ks], 'config': 'tiny', 'cameras': 6}
+    if 0 in ks:
+        zero = timings['history_cached_k0'].median_s
+        info['ratio_to_cached_k0'] = {name: t.median_s / zero for name, t in timings.items()}
+    return timings, info
+
+
+def naive_bench(
+    repeats: int = 3, grid: GridSpec = OCC3D_GRID, occupied: int = 30_000, warmup: int = 1
+) -> tuple[dict[str, Timing], dict[str, Any]]:
+    """Message building, ours against the naive baselines of :mod:`~occ_perception.runtime.baselines`, interleaved,
+    on the :func:`encode_frame` frame through the rosbags typestore's classes:
+
+    - ``fill_semantics_ours`` / ``fill_semantics_naive``: SemanticOccupancy (uint8[] labels and confidence),
+      bytes copy against assignment voxel by voxel;
+    - ``fill_flow_ours`` / ``fill_flow_naive``: OccupancyFlow (uint32[] indices, float32[] velocities);
+    - ``markers_ours`` / ``markers_naive``: MarkerArray, ours (surface voxels, :class:`VoxelPointCache` warmed
+      by the warm-up) against one Point made per occupied voxel in a Python loop.
+
+    Returns:
+        ``(timings, info)``: info holds the ratios naive / ours, the marker point counts and whether the
+        CDR bytes of the filled messages are equal.
+
+    Raises:
+        BenchError: a naive message's CDR bytes differ from ours, or our marker points are not a subset of the
+        naive ones.
+    """
+    from ..messages import MessageTypes
+    from ..outputs import OccFrame, VoxelPointCache, marker_array_msg, occupancy_flow_msg, semantic_occupancy_msg
+    from .baselines import naive_marker_array_msg, naive_occupancy_flow_msg, naive_semantic_occupancy_msg
+
+    base = encode_frame(grid, occupied)
+    types = MessageTypes.rosbags('jazzy')
+    cache = VoxelPointCache(types, grid)
+
+    def fresh() -> OccFrame:
+        return OccFrame(
+            stamp_ns=base.stamp_ns, grid=grid, labels=base.labels, confidence=base.confidence, flow=base.flow
+        )
+
+    for name, ours_fn, naive_fn in (
+        ('semantics', semantic_occupancy_msg, naive_semantic_occupancy_msg),
+        ('flow', occupancy_flow_msg, naive_occupancy_flow_msg),
+    ):
+        if _cdr_bytes(ours_fn(fresh(), types), name) != _cdr_bytes(naive_fn(fresh(), types), name):
+            raise BenchError(f'bench naive: the element-by-element {name} message differs from ours')
+
+    def marker_points(msg: Any) -> set[tuple[float, float, float]]:
+        return {(p.x, p.y, p.z) for m in msg.markers if m.ns == 'occupancy' for p in m.points}
+
+    ours_points = marker_points(marker_array_msg(fresh(), types, cache=cache))
+    naive_points = marker_points(naive_marker_array_msg(fresh(), types))
+    if not ours_points <= naive_points:
+        raise BenchError('bench naive: our marker points are not all among the per-voxel baseline points')
+    timings = interleaved_stats(
+        {
+            'fill_semantics_ours': lambda: semantic_occupancy_msg(fresh(), types),
+            'fill_semantics_naive': lambda: naive_semantic_occupancy_msg(fresh(), types),
+            'fill_flow_ours': lambda: occupancy_flow_msg(fresh(), types),
+            'fill_flow_naive': lambda: naive_occupancy_flow_msg(fresh(), types),
+            'markers_ours': lambda: marker_array_msg(fresh(), types, cache=cache),
+            'markers_naive': lambda: naive_marker_array_msg(fresh(), types),
+        },
+        repeats,
+        warmup,
+    )
+    info = {
+        'grid': list(grid.shape),
+        'occupied_voxels': int(base.occupied_indices.size),
+        'cdr_equal': {'semantics': True, 'flow': True},
+        'marker_points_ours': len(ours_points),
+        'marker_points_naive': len(naive_points),
+        'ratio_naive_over_ours': {
+            name: timings[f'{name}_naive'].median_s / timings[f'{name}_ours'].median_s
+            for name in ('fill_semantics', 'fill_flow', 'markers')
+        },
+    }
+    return timings, info
+
+
+CURVE_SIZES: tuple[int, ...] = (100, 200, 400)
+"""Grid sizes (cells along x and y) of the scaling curves."""
+CURVE_HEIGHTS: tuple[int, ...] = (16, 32)
+"""Grid heights (voxel layers) of the output-encoding scaling curve."""
+CURVE_KS: tuple[int, ...] = tuple(range(9))
+"""History lengths K of the network scaling curve."""
+
+
+def curve_grid(size: int, height: int) -> GridSpec:
+    """The (size, size, height) grid over x, y in [-40, 40) m (cell 80 / size m, cubic voxels), z from -1 m."""
+    return GridSpec(lower=(-40.0, -40.0, -1.0), size=(size, size, height), voxel_size=80.0 / size)
+
+
+def curve_occupied(size: int) -> int:
+    """Occupied voxels of the encoding curve: 30,000 at 200 x 200, proportional to the cells, at least 12,000."""
+    return max(30_000 * size * size // 40_000, 12_000)
+
+
+def _curve_point(t: Timing, **params: Any) -> dict[str, Any]:
+    return {**params, **t.as_ms()}
+
+
+def scaling_curves(
+    workdir: Path,
+    sizes: Sequence[int] = CURVE_SIZES,
+    heights: Sequence[int] = CURVE_HEIGHTS,
+    ks: Sequence[int] = CURVE_KS,
+    repeats: int = 3,
+    threads: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """Cost against grid size (splat, output encoding) and against history length K (network).
+
+    Returns:
+        ``{'splat': [...], 'encode': [...], 'history': [...]}``, each point a dict of its parameters
+        (``size``, ``height``, ``k``, ``path``) and the :meth:`Timing.as_ms` figures.
+    """
+    curves: dict[str, list[dict[str, Any]]] = {'splat': [], 'encode': [], 'history': []}
+    for size in sizes:
+        t, _ = splat_bench(workdir, repeats, threads, grid=curve_grid(size, 16), warmup=1)
+        for path, key in (('ours', 'splat_ort'), ('scatter', 'splat_scatter_ort'), ('torch', 'splat_torch')):
+            curves['splat'].append(_curve_point(t[key], size=size, path=path))
+    for height in heights:
+        for size in sizes:
+            occupied = curve_occupied(size)
+            t, _ = encode_bench(repeats, curve_grid(size, height), occupied, warmup=1)
+            for path, key in (('all', 'encode_total'), ('without_markers', 'encode_total_without_markers')):
+                curves['encode'].append(_curve_point(t[key], size=size, height=height, occupied=occupied, path=path))
+    if ks:
+        t, _ = history_bench(workdir, ks, repeats, threads, warmup=1)
+        for k in ks:
+            curves['history'].append(_curve_point(t[f'history_cached_k{k}'], k=k, path='cached'))
+            if k > 0:
+                curves['history'].append(_curve_point(t[f'history_recompute_k{k}'], k=k, path='recompute'))
+            else:  # K = 0: nothing to recompute, both ways are the network alone
+                curves['history'].append(_curve_point(t['history_cached_k0'], k=0, path='recompute'))
+    return curves
+
+
+def write_plots(curves: dict[str, list[dict[str, Any]]], out_dir: str | Path) -> list[Path]:
+    """PNG plots of :func:`scaling_curves` (median with a 10th-90th percentile band) into ``out_dir``:
+    ``splat_vs_grid.png``, ``encode_vs_grid.png``, ``network_vs_history.png`` (those with points).
+
+    Returns:
+        The written paths.
+    """
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def draw(ax: Any, points: list[dict[str, Any]], x_key: str, label: str, marker: str) -> None:
+        points = sorted(points, key=lambda p: p[x_key])
+        x = [p[x_key] ** 2 if x_key == 'size' else p[x_key] for p in points]
+        ax.plot(x, [p['median_ms'] for p in points], marker=marker, label=label)
+        ax.fill_between(x, [p['p10_ms'] for p in points], [p['p90_ms'] for p in points], alpha=0.2)
+
+    def match(**want: Any) -> Callable[[dict[str, Any]], bool]:
+        return lambda p: all(p[key] == value for key, value in want.items())
+
+    Line = tuple[Callable[[dict[str, Any]], bool], str, str]  # point filter, legend label, marker
+    specs: list[tuple[str, str, str, str, str, list[Line]]] = [
+        (
+            'splat',
+            'splat_vs_grid.png',
+            'size',
+            'BEV grid cells (X x Y) over 80 m x 80 m',
+            'Splat, M1 frustum (6 x 88 x 16 x 44), onnxruntime CPU\n(heights do not enter the splat)',
+            [
+                (match(path='ours'), 'ours: table graph (ort)', 'o'),
+                (match(path='scatter'), 'baseline: ScatterElements add (ort)', 's'),
+                (match(path='torch'), 'reference: torch index_add', '^'),
+            ],
+        ),
+        (
+            'encode',
+            'encode_vs_grid.png',
+            'size',
+            'grid cells (X x Y) over 80 m x 80 m',
+            'Output encoding per frame, rosbags types\n(occupied voxels: 30,000 at 200x200, in proportion to the cells)',
+            [
+                (
+                    match(height=h, path=m),
+                    f'{h} heights, {"all six messages" if m == "all" else "without markers"}',
+                    'o' if m == 'all' else 's',
+                )
+                for h in sorted({p['height'] for p in curves.get('encode', [])})
+                for m in ('all', 'without_markers')
+            ],
+        ),
+        (
+            'history',
+            'network_vs_history.png',
+            'k',
+            'history length K (frames)',
+            'tiny per frame, onnxruntime CPU, 6 cameras',
+            [
+                (match(path='cached'), 'ours: temporal cache (1 pass + warp)', 'o'),
+                (match(path='recompute'), 'baseline: recompute K frames', 's'),
+            ],
+        ),
+    ]
+    for key, filename, x_key, x_label, title, lines in specs:
+        points = curves.get(key, [])
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+        for select, label, marker in lines:
+            chosen = [p for p in points if select(p)]
+            if chosen:
+                draw(ax, chosen, x_key, label, marker)
+        if x_key == 'size':
+            ax.set_xscale('log')
+            ax.set_yscale('log')
+            sizes = sorted({p['size'] for p in points})
+            ax.set_xticks([n * n for n in sizes], [f'{n}x{n}' for n in sizes])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.yaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+        else:
+            ax.set_xticks(sorted({p[x_key] for p in points}))
+            ax.set_ylim(bottom=0)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel('wall time per call [ms] (median, 10-90 % band)')
+        ax.set_title(title)
+        ax.grid(True, which='both', alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out / filename
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def _ms(t: Timing) -> str:
     cpu = '' if t.cpu_median_s is None else f'  cpu {t.cpu_median_s * 1e3:7.2f}'
     return f'{t.median_s * 1e3:8.2f} ms  [{t.p10_s * 1e3:7.2f} .. {t.p90_s * 1e3:7.2f}]{cpu}'
@@ -537,6 +925,15 @@ def run_bench(
     images: str = 'synth',
     json_path: str | Path | None = None,
     print_fn: Callable[[str], None] = print,
+    naive_repeats: int = 3,
+    history_ks: Sequence[int] = (0, 2, 8),
+    plots_dir: str | Path | None = None,
+    curve_repeats: int = 3,
+    curve_sizes: Sequence[int] = CURVE_SIZES,
+    curve_heights: Sequence[int] = CURVE_HEIGHTS,
+    curve_ks: Sequence[int] = CURVE_KS,
+    encode_grid: GridSpec = OCC3D_GRID,
+    encode_occupied: int = 30_000,
 ) -> dict[str, Any]:
     """Run the chosen stages, print a table and optionally write it as JSON.
 
@@ -546,10 +943,16 @@ def run_bench(
         stages: a subset of :data:`STAGES`.
         images: JPEG source of the preprocess stage (:func:`synthetic_jpegs`).
         json_path: where to write the report (figures in ms, derived ratios, machine, load averages).
+        naive_repeats: timed calls of the ``naive`` stage (its baselines take about a second each).
+        history_ks: history lengths K of the ``history`` stage.
+        plots_dir: when given, also measure the scaling curves (:func:`scaling_curves`, ``curve_repeats``
+            calls per point over ``curve_sizes``, ``curve_heights``, ``curve_ks``) and write them as PNG there.
+        encode_grid, encode_occupied: the frame of the ``encode`` and ``naive`` stages (:func:`encode_frame`).
 
     Returns:
-        The report: ``{'machine', 'load_before', 'load_after', 'stages', 'repeats', 'figures', 'derived', 'info'}``;
-        ``figures`` maps a name to ``{'median_ms', 'p10_ms', 'p90_ms', 'repeats'}``.
+        The report: ``{'machine', 'load_before', 'load_after', 'stages', 'repeats', 'figures', 'derived', 'info',
+        'curves', 'plots'}``; ``figures`` maps a name to ``{'median_ms', 'p10_ms', 'p90_ms', 'cpu_median_ms',
+        'repeats'}``; ``curves`` is :func:`scaling_curves` (empty without ``plots_dir``), ``plots`` the PNG paths.
 
     Raises:
         BenchError: an unknown stage or fewer than one repeat.
@@ -557,8 +960,10 @@ def run_bench(
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         raise BenchError(f'stages: expected a subset of {STAGES}, got {list(stages)}')
-    if repeats < 1 or m0_repeats < 1:
-        raise BenchError(f'repeats: expected at least 1, got {repeats} and {m0_repeats}')
+    if min(repeats, m0_repeats, naive_repeats, curve_repeats) < 1:
+        raise BenchError(
+            f'repeats: expected at least 1, got {repeats}, {m0_repeats}, {naive_repeats} and {curve_repeats}'
+        )
     load_before = _load()
     machine = machine_description()
     figures: dict[str, Timing] = {}
@@ -585,7 +990,7 @@ def run_bench(
             ('preprocess ratio PIL / ours', f'{derived["preprocess_ratio_pil_over_ours"]:8.2f} x', 'target >= 4'),
         ]
     if 'encode' in stages:
-        t, info['encode'] = encode_bench(repeats)
+        t, info['encode'] = encode_bench(repeats, encode_grid, encode_occupied)
         figures.update(t)
         shape = 'x'.join(str(n) for n in info['encode']['grid'])
         for name in ENCODE_MESSAGES:
@@ -600,16 +1005,50 @@ def run_bench(
                 'target <= 10 ms',
             )
         )
+    if 'naive' in stages:
+        t, info['naive'] = naive_bench(naive_repeats, encode_grid, encode_occupied)
+        figures.update(t)
+        ratios = info['naive']['ratio_naive_over_ours']
+        derived.update({f'{name}_ratio_naive_over_ours': r for name, r in ratios.items()})
+        shape = 'x'.join(str(n) for n in info['naive']['grid'])
+        for name, what in (('fill_semantics', 'SemanticOccupancy'), ('fill_flow', 'OccupancyFlow')):
+            rows += [
+                (f'{what} {shape}, ours (bytes copy)', _ms(t[f'{name}_ours']), ''),
+                (f'{what} {shape}, element-by-element fill', _ms(t[f'{name}_naive']), 'baseline, same CDR bytes'),
+            ]
+        rows += [
+            (
+                f'MarkerArray, ours ({info["naive"]["marker_points_ours"]} surface points, cached)',
+                _ms(t['markers_ours']),
+                'target <= 30 ms',
+            ),
+            (
+                f'MarkerArray, per-voxel Python ({info["naive"]["marker_points_naive"]} points)',
+                _ms(t['markers_naive']),
+                'baseline',
+            ),
+            (
+                'naive / ours: semantics, flow, markers',
+                ' '.join(f'{ratios[n]:.1f}x' for n in ('fill_semantics', 'fill_flow', 'markers')),
+                '',
+            ),
+        ]
+    curves: dict[str, list[dict[str, Any]]] = {}
+    plots: list[Path] = []
     with tempfile.TemporaryDirectory(prefix='occ-bench-') as tmp:
         work = Path(tmp)
         if 'splat' in stages:
-            ort_splat, torch_splat = splat_bench(work, repeats, threads)
-            figures['splat_ort'], figures['splat_torch'] = ort_splat, torch_splat
-            derived['splat_ratio_ort_over_torch'] = ort_splat.median_s / torch_splat.median_s
+            t, info['splat'] = splat_bench(work, repeats, threads)
+            figures.update(t)
+            ours = t['splat_ort'].median_s
+            derived['splat_ratio_ort_over_torch'] = ours / t['splat_torch'].median_s
+            derived['splat_ratio_scatter_over_ours'] = t['splat_scatter_ort'].median_s / ours
             rows += [
-                ('splat M1 geometry, onnxruntime CPU (table graph)', _ms(ort_splat), ''),
-                ('splat M1 geometry, torch eager index_add', _ms(torch_splat), ''),
+                ('splat M1 geometry, onnxruntime CPU (table graph)', _ms(t['splat_ort']), 'ours'),
+                ('splat M1 geometry, onnxruntime CPU ScatterElements(add)', _ms(t['splat_scatter_ort']), 'baseline'),
+                ('splat M1 geometry, torch eager index_add', _ms(t['splat_torch']), 'reference'),
                 ('splat ratio onnxruntime / torch', f'{derived["splat_ratio_ort_over_torch"]:8.2f} x', 'target <= 1.5'),
+                ('splat ratio ScatterElements / ours', f'{derived["splat_ratio_scatter_over_ours"]:8.2f} x', ''),
             ]
         if 'network' in stages:
             tiny = model_bench('tiny', work, repeats, threads)
@@ -626,6 +1065,32 @@ def run_bench(
                 m0 = model_bench('flashocc-m0', work, m0_repeats, threads)
                 figures['m0_ort'] = m0
                 rows.append(('flashocc-m0 end to end, onnxruntime CPU, 6 cameras', _ms(m0), ''))
+        if 'history' in stages:
+            t, info['history'] = history_bench(work, history_ks, repeats, threads)
+            figures.update(t)
+            for name, ratio in info['history'].get('ratio_to_cached_k0', {}).items():
+                derived[f'{name}_over_cached_k0'] = ratio
+            for k in history_ks:
+                ratio = info['history'].get('ratio_to_cached_k0', {})
+                note = f'{ratio[f"history_cached_k{k}"]:.2f}x of K=0' if ratio else ''
+                if k == max(history_ks) and k > 0 and ratio:
+                    note += ', target <= 1.3x'
+                rows.append(
+                    (f'tiny K={k}, temporal cache (prepare, 1 pass + warp, push)', _ms(t[f'history_cached_k{k}']), note)
+                )
+                if k > 0:
+                    note = f'{ratio[f"history_recompute_k{k}"]:.2f}x of K=0' if ratio else ''
+                    rows.append(
+                        (
+                            f'tiny K={k}, recompute {k} history frames',
+                            _ms(t[f'history_recompute_k{k}']),
+                            f'baseline {note}',
+                        )
+                    )
+        if plots_dir is not None:
+            curves = scaling_curves(work, curve_sizes, curve_heights, curve_ks, curve_repeats, threads)
+            plots = write_plots(curves, plots_dir)
+            rows.append(('scaling curves', f'{len(plots)} PNG', str(plots_dir)))
     load_after = _load()
     rows.append(
         (
@@ -648,6 +1113,8 @@ def run_bench(
         'figures': {name: t.as_ms() for name, t in figures.items()},
         'derived': derived,
         'info': info,
+        'curves': curves,
+        'plots': [str(p) for p in plots],
     }
     if json_path is not None:
         path = Path(json_path)
