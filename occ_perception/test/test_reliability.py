@@ -414,8 +414,8 @@ def test_an_unexpected_exception_is_an_internal_error_drop_not_a_crash(pipeline,
 
 def test_a_silent_camera_stops_frames_without_an_error_and_they_resume() -> None:
     """cam_back silent for 3 s: no set can be complete, the others' messages are counted queue_overflow drops,
-    silent() names it, and frames resume when it returns."""
-    assembler = FrameAssembler(AssemblyConfig())
+    silent() names it, and frames resume when it returns (camera_timeout 0: no frames without a camera)."""
+    assembler = FrameAssembler(AssemblyConfig(camera_timeout=0.0))
     events = feed(assembler, [('tf_static', '', _tf_static())])
     step = NS // 2
     for k in range(12):
