@@ -436,8 +436,9 @@ def test_a_silent_camera_stops_frames_without_an_error_and_they_resume() -> None
 # ---------------------------------------------------------------------------------------------- replay
 
 
-def _replay(bag: Path, out: Path, pipeline) -> Any:
-    options = ReplayOptions(bag=bag, out=out, markers_rate=0.0, panels=0, progress=False)
+def _replay(bag: Path, out: Path, pipeline, camera_timeout: float = 1.0) -> Any:
+    assembly = AssemblyConfig(camera_timeout=camera_timeout)
+    options = ReplayOptions(bag=bag, out=out, markers_rate=0.0, panels=0, progress=False, assembly=assembly)
     return replay(options, pipeline)
 
 
@@ -497,7 +498,7 @@ def test_replay_of_a_bag_mixing_good_and_bad_frames_accounts_for_every_frame(pip
             w.write(topic, NS + n * 1_000_000, msg)
             if n == 100:
                 w.write_raw('/odom', NS + n * 1_000_000, b'\x00\x01\x00\x00\xff\xff')  # damaged CDR
-    summary = _replay(bag, tmp_path / 'out', pipeline)
+    summary = _replay(bag, tmp_path / 'out', pipeline, camera_timeout=0.0)  # wait for all six cameras
 
     expected = {
         'missing_calibration': 1,  # frame 0: no /tf_static yet
