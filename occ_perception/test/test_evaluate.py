@@ -174,7 +174,6 @@ def test_eval_options(setup, tmp_path, capsys):
     assert status == 2 and 'missing.onnx' in capsys.readouterr().err
 
 
-
 def test_eval_with_a_dropped_camera_runs_it_as_failed_and_records_it(setup, tmp_path, capsys):
     """--drop-camera feeds that camera as failed on every frame (the pipeline sees no image of it), the
     option and the mode are in metrics.json; an unknown camera is one clear error."""
