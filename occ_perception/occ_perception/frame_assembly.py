@@ -47,9 +47,17 @@ same stamp twice. The temporal cache resets itself on the stamps it sees
 
 Silent inputs: :attr:`FrameAssembler.longest_gap_ns` keeps, per input, the
 longest time between two consecutive stamps and :meth:`FrameAssembler.silent`
-lists the inputs that have been quiet for longer than a timeout; while a camera
-is silent no set can be complete, the other inputs' messages leave their
-queues as ``queue_overflow`` drops and frames resume when it returns.
+lists the inputs that have been quiet for longer than a timeout. A failed camera
+(DESIGN.md section 5): a camera whose newest image is more than
+``AssemblyConfig.camera_timeout`` older than an arriving message is an optional
+synchroniser input, so sets form without it (:attr:`Frame.missing`, its image
+None); the pipeline then feeds it black with its splat table entries zeroed and
+zeroes the confidence of the columns only it sees. Its first image makes it
+required again. Until ``camera_timeout`` has passed (or with ``camera_timeout``
+0) no set can be complete: the other inputs' messages leave their queues as
+``queue_overflow`` drops. :func:`camera_status` gives the per-camera level for
+diagnostics and :attr:`FrameAssembler.missing_camera_frames` counts the frames
+made without each camera.
 """
 
 from __future__ import annotations
