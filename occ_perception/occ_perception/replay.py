@@ -654,6 +654,8 @@ def _replay(
     silent = {k: v / NS for k, v in sorted(assembler.longest_gap_ns.items()) if v > SILENT_AFTER * NS}
     for name, seconds in silent.items():
         notes.append(f'input {name} was silent for up to {seconds:.2f} s')
+    for name, count in sorted(assembler.missing_camera_frames.items()):
+        notes.append(f'{count} frame(s) went without {name} (failed camera: masked, its own columns at confidence 0)')
     if assembler.time_jumps:
         notes.append(f'time went backwards {assembler.time_jumps} time(s): synchroniser and pose buffer restarted')
     sync_inputs = assembler.sync.added

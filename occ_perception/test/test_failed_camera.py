@@ -262,6 +262,7 @@ def test_replay_of_a_bag_with_a_camera_silent_for_3_s_goes_on_with_five(net, tmp
     assert acc['missing_camera_frames'] == {FAILED: 1}
     assert acc['frames_exact'] and acc['sync_exact'] and summary.frame_drops == {}
     assert summary.silent_inputs == {FAILED: pytest.approx(2.0)}
+    assert any(n.startswith(f'1 frame(s) went without {FAILED}') for n in summary.notes)
     assert sum(summary.sync_drops.values()) == 12  # frames 1 and 2: five images and an odometry each
     cam = CAMS.index(FAILED)
     assert [run['images'][cam].any() for run in pipeline.backend.runs] == [True, False, True]
