@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import platform
 import sys
 from importlib import metadata
@@ -426,6 +427,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         threads=args.threads,
         mask=args.mask,
         progress=not args.quiet,
+        drop_cameras=tuple(args.drop_camera or ()),
+        failed_camera_mode=args.failed_camera_mode,
     )
     report = result.report
     print(report.to_markdown(), end='')
@@ -443,7 +446,21 @@ def _assembly(args: argparse.Namespace):  # -> AssemblyConfig
         raise CliError(f'--queue-size: expected at least 1, got {args.queue_size}')
     if not args.slop >= 0:
         raise CliError(f'--slop: expected seconds >= 0, got {args.slop}')
-    return AssemblyConfig(queue_size=args.queue_size, slop=args.slop, pose_source=args.pose_source)
+    if not (args.camera_timeout >= 0 and math.isfinite(args.camera_timeout)):
+        raise CliError(f'--camera-timeout: expected seconds >= 0 (0 = off), got {args.camera_timeout}')
+    return AssemblyConfig(
+        queue_size=args.queue_size, slop=args.slop, pose_source=args.pose_source, camera_timeout=args.camera_timeout
+    )
+
+
+def _failed_camera_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        '--failed-camera-mode',
+        choices=['mask_tables', 'blank_image'],
+        default='mask_tables',
+        help='a failed camera is fed as a black image with its splat table entries zeroed (mask_tables) or '
+        'with the full tables (blank_image) (default mask_tables)',
+    )
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -466,6 +483,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         args.out,
         threads=args.threads,
         assembly=_assembly(args),
+        failed_camera_mode=args.failed_camera_mode,
         markers_rate=args.markers_rate,
         gt_tolerance=args.gt_tolerance,
         panels=args.panels,
@@ -498,6 +516,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _sync_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        '--camera-timeout',
+        type=float,
+        default=1.0,
+        help='a camera silent for longer than this [s] is failed: frames go on without it until it returns '
+        '(0 = off: wait for every camera; default 1.0)',
+    )
     p.add_argument(
         '--slop',
         type=float,
@@ -721,6 +746,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument('--threads', type=int, default=0, help='backend CPU threads (0 = library default)')
     ev.add_argument('--out', required=True, help='folder for metrics.json, metrics.md and confusion.png')
     ev.add_argument('--quiet', action='store_true', help='no progress bar')
+    ev.add_argument(
+        '--drop-camera',
+        action='append',
+        metavar='CAM',
+        help='evaluate as if this camera had failed (nuScenes name CAM_FRONT or cam_front; repeatable)',
+    )
+    _failed_camera_option(ev)
     ev.set_defaults(func=cmd_eval)
 
     rp = sub.add_parser('replay', help='replay a bag through the pipeline: output bag, metrics, timings, panels')
@@ -731,6 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument('--backend', choices=['onnxruntime', 'torch', 'tensorrt'], default='onnxruntime')
     rp.add_argument('--out', required=True, help='output folder: bag/ (MCAP), summary.json, metrics, panels')
     _sync_options(rp)
+    _failed_camera_option(rp)
     rp.add_argument('--markers-rate', type=float, default=2.0, help='MarkerArray rate limit [Hz] (0: none; default 2)')
     rp.add_argument(
         '--gt-tolerance',

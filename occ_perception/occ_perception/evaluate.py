@@ -97,6 +97,22 @@ def split_scenes(split: str, available: Sequence[str]) -> list[str]:
     return chosen
 
 
+def _dropped(names: Sequence[str], drop_cameras: Sequence[str]) -> frozenset[str]:
+    """The rig names of ``drop_cameras`` (case-insensitive, so CAM_FRONT names cam_front).
+
+    Raises:
+        EvalError: a name not in the rig, or every camera dropped.
+    """
+    lower = {n.lower(): n for n in names}
+    unknown = [c for c in drop_cameras if c.lower() not in lower]
+    if unknown:
+        raise EvalError(f'--drop-camera: {unknown} not in the rig {list(names)}')
+    out = frozenset(lower[c.lower()] for c in drop_cameras)
+    if len(out) == len(names):
+        raise EvalError(f'--drop-camera: every camera of {list(names)} dropped; keep at least one')
+    return out
+
+
 def evaluate(
     pipeline: Any,
     dataset: Any,
@@ -104,6 +120,7 @@ def evaluate(
     max_frames: int | None = None,
     progress: bool = False,
     on_frame: Callable[[Any, OccFrame], None] | None = None,
+    drop_cameras: Sequence[str] = (),
 ) -> EvalResult:
     """Run every keyframe of ``dataset`` through ``pipeline`` and accumulate the metrics.
 
@@ -118,12 +135,16 @@ def evaluate(
         max_frames: stop after this many frames (None = all).
         progress: show a progress bar (tqdm) over frames.
         on_frame: called with (dataset frame, OccFrame) after each frame.
+        drop_cameras: cameras treated as failed on every frame (image None: see
+            :meth:`~occ_perception.pipeline.OccPipeline.process`), by rig name or nuScenes channel
+            (``CAM_FRONT``), to measure what losing a camera costs.
 
     Returns:
         The :class:`EvalResult` (no files written; see :func:`write_outputs`).
 
     Raises:
-        EvalError: unknown mask, max_frames < 1, an unreadable image or label file.
+        EvalError: unknown mask, max_frames < 1, an unreadable image or label file, a drop_cameras name
+            that is not in the rig, or every camera dropped.
         occ_perception.preprocess.PreprocessError, BackendError: from the pipeline.
     """
     if mask not in MASKS:
@@ -162,8 +183,11 @@ def evaluate(
                 rig = rigs.get(frame.calibration_key)
                 if rig is None:
                     rig = rigs[frame.calibration_key] = dataset.calibration(frame)
+                drop = _dropped(rig.names, drop_cameras)
                 try:
-                    images = [Path(p).read_bytes() for p in frame.image_paths]
+                    images: list[bytes | None] = [
+                        None if name in drop else Path(p).read_bytes() for name, p in zip(rig.names, frame.image_paths)
+                    ]
                 except OSError as err:
                     raise EvalError(f'frame {frame.token} of {frame.scene}: cannot read an image: {err}') from err
                 occ = pipeline.process(images, frame.pose, rig, stamp_ns=frame.stamp_ns)
@@ -314,6 +338,8 @@ def run_eval(
     threads: int = 0,
     mask: str = 'camera',
     progress: bool = True,
+    drop_cameras: Sequence[str] = (),
+    failed_camera_mode: str = 'mask_tables',
 ) -> EvalResult:
     """Load a model and a dataset, :func:`evaluate`, and :func:`write_outputs` (the ``eval`` command).
 
@@ -330,6 +356,8 @@ def run_eval(
         threads: backend CPU threads (0 = default).
         mask: one of :data:`MASKS`.
         progress: progress bar.
+        drop_cameras: cameras treated as failed on every frame (see :func:`evaluate`).
+        failed_camera_mode: how the pipeline feeds them (:data:`~occ_perception.pipeline.FAILED_CAMERA_MODES`).
 
     Raises:
         EvalError: bad options or dataset; PipelineError: the model cannot be loaded or does not fit.
@@ -356,9 +384,15 @@ def run_eval(
             dataset = Occ3DDataset(dataroot, config, version=version, scenes=wanted)
     except DatasetError as err:
         raise EvalError(str(err)) from err
-    pipeline = OccPipeline(net, config, use_history=use_history)
     try:
-        result = evaluate(pipeline, dataset, mask=mask, max_frames=max_frames, progress=progress)
+        pipeline = OccPipeline(net, config, use_history=use_history, failed_camera_mode=failed_camera_mode)
+    except Exception:
+        net.close()
+        raise
+    try:
+        result = evaluate(
+            pipeline, dataset, mask=mask, max_frames=max_frames, progress=progress, drop_cameras=drop_cameras
+        )
     finally:
         pipeline.close()
         net.close()
@@ -369,6 +403,8 @@ def run_eval(
             'config': config.name,
             'history': config.history,
             'use_history': bool(use_history),
+            'drop_cameras': list(drop_cameras),
+            'failed_camera_mode': failed_camera_mode,
             'dataset': {
                 'dataroot': os.fspath(dataroot),
                 'version': version,

@@ -47,9 +47,17 @@ same stamp twice. The temporal cache resets itself on the stamps it sees
 
 Silent inputs: :attr:`FrameAssembler.longest_gap_ns` keeps, per input, the
 longest time between two consecutive stamps and :meth:`FrameAssembler.silent`
-lists the inputs that have been quiet for longer than a timeout; while a camera
-is silent no set can be complete, the other inputs' messages leave their
-queues as ``queue_overflow`` drops and frames resume when it returns.
+lists the inputs that have been quiet for longer than a timeout. A failed camera
+(DESIGN.md section 5): a camera whose newest image is more than
+``AssemblyConfig.camera_timeout`` older than an arriving message is an optional
+synchroniser input, so sets form without it (:attr:`Frame.missing`, its image
+None); the pipeline then feeds it black with its splat table entries zeroed and
+zeroes the confidence of the columns only it sees. Its first image makes it
+required again. Until ``camera_timeout`` has passed (or with ``camera_timeout``
+0) no set can be complete: the other inputs' messages leave their queues as
+``queue_overflow`` drops. :func:`camera_status` gives the per-camera level for
+diagnostics and :attr:`FrameAssembler.missing_camera_frames` counts the frames
+made without each camera.
 """
 
 from __future__ import annotations
@@ -85,6 +93,7 @@ __all__ = [
     'PoseBuffer',
     'StaticTransforms',
     'camera_info_topic',
+    'camera_status',
     'frame_accounting',
     'image_topic',
 ]
@@ -146,11 +155,15 @@ class AssemblyConfig:
         ego_frame, world_frame: frame ids of the vehicle and of the world.
         tf_wait: pose_source tf: how long [s] of newer camera stamps a frame waits for its transform.
         tf_buffer: how much [s] of map -> base_link history is kept.
+        camera_timeout: a camera whose newest image is more than this [s] older than an arriving message is
+            failed: sets are formed without it (its slot in :attr:`Frame.images` is None) until it sends again.
+            0 = off: every set waits for all cameras. A camera that never sent an image is not failed.
     """
 
     cameras: tuple[str, ...] = FLASHOCC_CAMERA_ORDER
     queue_size: int = 3
     slop: float = 0.1
+    camera_timeout: float = 1.0
     pose_source: str = 'odom'
     ego_frame: str = 'base_link'
     world_frame: str = 'map'
@@ -162,6 +175,8 @@ class AssemblyConfig:
             raise AssemblyError(f'pose_source: expected one of {list(POSE_SOURCES)}, got {self.pose_source!r}')
         if len(self.cameras) < 1 or len(set(self.cameras)) != len(self.cameras):
             raise AssemblyError(f'cameras: expected distinct camera names, got {list(self.cameras)}')
+        if not (self.camera_timeout >= 0 and math.isfinite(self.camera_timeout)):
+            raise AssemblyError(f'camera_timeout: expected a finite number of seconds >= 0, got {self.camera_timeout}')
         if not (self.tf_wait >= 0 and self.tf_buffer > 0):
             raise AssemblyError(f'tf_wait >= 0 and tf_buffer > 0 [s] expected, got {self.tf_wait}, {self.tf_buffer}')
 
@@ -177,11 +192,12 @@ class Frame:
 
     Attributes:
         stamp_ns: the frame stamp (``cam_front``'s image stamp, else the first camera's) [ns].
-        images: one image message per camera, in rig order.
+        images: one image message per camera, in rig order; None for a failed camera (see ``missing``).
         pose: ``T_map_base_link`` at ``stamp_ns``.
         rig: the cameras.
         stamps_ns: the synchronised stamps [ns], one per synchroniser input.
         ready_ns: the stamp of the message whose arrival completed the frame [ns].
+        missing: names of the failed cameras (silent longer than ``camera_timeout``) the frame goes without.
     """
 
     stamp_ns: int
@@ -190,6 +206,7 @@ class Frame:
     rig: Rig
     stamps_ns: tuple[int, ...]
     ready_ns: int
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -396,6 +413,7 @@ class FrameAssembler:
         self.frame_drops: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()  # 'topic:reason' -> messages ignored outside the synchroniser
         self.longest_gap_ns: dict[str, int] = {}  # synchroniser input -> longest time between two of its stamps
+        self.missing_camera_frames: Counter[str] = Counter()  # camera -> frames made without it (failed camera)
 
     # ------------------------------------------------------------------ inputs without synchronisation
 
@@ -472,6 +490,22 @@ class FrameAssembler:
         limit = int(timeout * NS)
         return {names[i]: (now_ns - t) / NS for i, t in sorted(self._newest.items()) if now_ns - t > limit}
 
+    def failed(self, now_ns: int) -> tuple[str, ...]:
+        """Cameras a set formed at ``now_ns`` goes without: silent for more than ``camera_timeout``, in rig order.
+
+        Empty when ``camera_timeout`` is 0 or when every camera is silent (then sets wait for all of them).
+        """
+        return tuple(self.config.cameras[i] for i in self._failed(now_ns))
+
+    def _failed(self, now_ns: int) -> list[int]:
+        timeout = self.config.camera_timeout
+        if timeout <= 0:
+            return []
+        n = len(self.config.cameras)
+        limit = int(timeout * NS)
+        out = [i for i in range(n) if i in self._newest and now_ns - self._newest[i] > limit]
+        return [] if len(out) == n else out
+
     def _time_backwards(self, stream: int, stamp_ns: int) -> list[Frame | FrameDrop]:
         """Time went backwards on ``stream``: flush the synchroniser, the /tf buffer and the waiting frames."""
         name = self.config.streams[stream]
@@ -485,7 +519,7 @@ class FrameAssembler:
         self.sync.flush('time_backwards')
         events = self._new_sync_drops()
         for frame, synced, _ in self._waiting:
-            stamp = frame.stamp_ns if frame is not None else synced.stamps_ns[self._index[self._front]]
+            stamp = frame.stamp_ns if frame is not None else self._set_stamp(synced)
             events.append(self._frame_drop('time_backwards', stamp, f'{name} went back in time before its pose came'))
         self._waiting.clear()
         self._newest.clear()
@@ -505,6 +539,7 @@ class FrameAssembler:
             name = self.config.streams[stream]
             self.longest_gap_ns[name] = max(self.longest_gap_ns.get(name, 0), stamp_ns - newest)
         self._newest[stream] = max(stamp_ns, newest or stamp_ns)
+        self.sync.optional = frozenset(self._failed(stamp_ns))
         synced = self.sync.add(stream, stamp_ns, msg)
         events += self._new_sync_drops()
         if self.config.pose_source == 'tf':
@@ -592,9 +627,16 @@ class FrameAssembler:
         dt = (stamp_ns - stamp_to_ns(msg.header.stamp)) / NS
         return _advance(pose, linear, angular, dt)
 
+    def _set_stamp(self, synced: SyncedSet) -> int:
+        """The frame stamp of a set: the front camera's, else the first camera's present."""
+        front = self._index[self._front]
+        if front not in synced.missing:
+            return synced.stamps_ns[front]
+        return next(s for i, s in enumerate(synced.stamps_ns) if i not in synced.missing)
+
     def _assemble(self, synced: SyncedSet, ready_ns: int) -> Frame | FrameDrop | None:
         """A set to a Frame, a drop, or None (pose_source tf: the pose is not there yet)."""
-        stamp = synced.stamps_ns[self._index[self._front]]
+        stamp = self._set_stamp(synced)
         if stamp == self._last_set_stamp:
             return self._frame_drop(
                 'duplicate_stamp', stamp, 'the previous synchronised set had the same stamp (repeated messages)'
@@ -633,7 +675,9 @@ class FrameAssembler:
                 )
             pose = found
         self.frames += 1
-        return Frame(stamp, tuple(images), pose, rig, synced.stamps_ns, ready_ns)
+        missing = tuple(self.config.cameras[i] for i in synced.missing)
+        self.missing_camera_frames.update(missing)
+        return Frame(stamp, tuple(images), pose, rig, synced.stamps_ns, ready_ns, missing)
 
     def _release(self, new: tuple[SyncedSet, int] | None) -> list[Frame | FrameDrop]:
         """Assemble ``new`` and any frames waiting for /tf, keeping their order."""
@@ -655,7 +699,7 @@ class FrameAssembler:
         limit = int(self.config.tf_wait * NS)
         while self._waiting:
             _, synced, _ = self._waiting[0]
-            stamp = synced.stamps_ns[self._index[self._front]]
+            stamp = self._set_stamp(synced)
             if now_ns - stamp <= limit:
                 break
             self._waiting.pop(0)
@@ -669,7 +713,7 @@ class FrameAssembler:
         return out
 
     def accounted(self) -> bool:
-        """Messages: fed = inputs x sets + sync drops + queued; sets: = frames + frame drops + waiting."""
+        """Messages: fed = messages in sets + sync drops + queued; sets: = frames + frame drops + waiting."""
         waiting = len(self._waiting)
         return self.sync.accounted() and self.sets == self.frames + sum(self.frame_drops.values()) + waiting
 
@@ -824,12 +868,13 @@ def frame_accounting(
         count, assembler and processor together), ``waiting`` (sets waiting for /tf), ``sync_drops`` (reason ->
         count), ``queued`` (messages still in the synchroniser), ``rejected`` (``topic:reason`` -> messages
         ignored outside the synchroniser), ``time_jumps`` and ``frames_exact`` / ``sync_exact``: whether
-        sets = outputs + frame drops + waiting and inputs = sets x inputs + sync drops + queued.
+        sets = outputs + frame drops + waiting and inputs = messages in sets + sync drops + queued;
+        ``missing_camera_frames`` (camera -> frames assembled without it, a failed camera).
     """
     done = processor.outputs if outputs is None else int(outputs)
     drops = Counter(assembler.frame_drops) + Counter(processor.drops)
     waiting = len(assembler._waiting)
-    queued = assembler.sync.added - assembler.sync.emitted * assembler.sync.num_streams - len(assembler.sync.drops)
+    queued = assembler.sync.added - assembler.sync.emitted_messages - len(assembler.sync.drops)
     return {
         'sync_inputs': assembler.sync.added,
         'sets': assembler.sets,
@@ -840,6 +885,41 @@ def frame_accounting(
         'queued': queued,
         'rejected': dict(sorted(assembler.rejected.items())),
         'time_jumps': assembler.time_jumps,
+        'missing_camera_frames': dict(sorted(assembler.missing_camera_frames.items())),
         'frames_exact': assembler.sets == done + sum(drops.values()) + waiting,
         'sync_exact': assembler.sync.accounted(),
     }
+
+
+STATUS_LEVELS: tuple[str, ...] = ('OK', 'WARN')
+"""Levels of :func:`camera_status` (diagnostic_msgs/DiagnosticStatus OK and WARN)."""
+
+
+def camera_status(assembler: FrameAssembler, now_ns: int) -> list[tuple[str, str, str]]:
+    """One status per camera for the node's diagnostics: WARN while it is failed, OK otherwise.
+
+    Args:
+        assembler: the assembler (its ``config.camera_timeout`` decides when a camera is failed).
+        now_ns: the current time [ns] on the image stamps' clock (the newest stamp fed, or the node's clock).
+
+    Returns:
+        ``(camera, level, message)`` in rig order; level ``'WARN'`` names the camera, how long it has been
+        silent [s] and how many frames went without it, ``'OK'`` otherwise (including ``camera_timeout`` 0).
+    """
+    failed = set(assembler.failed(now_ns))
+    out = []
+    for i, cam in enumerate(assembler.config.cameras):
+        count = assembler.missing_camera_frames.get(cam, 0)
+        if cam in failed:
+            silent = (now_ns - assembler._newest[i]) / NS
+            out.append(
+                (
+                    cam,
+                    'WARN',
+                    f'{cam}: no image for {silent:.1f} s (camera_timeout {assembler.config.camera_timeout} s): '
+                    f'frames go on without it, its own cells at confidence 0 ({count} frames so far)',
+                )
+            )
+        else:
+            out.append((cam, 'OK', f'{cam}: images arriving ({count} frames went without it)'))
+    return out

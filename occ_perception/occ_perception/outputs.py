@@ -91,6 +91,7 @@ class OccFrame:
         flow: (X, Y, Z, 2) float32 (vx, vy) [m/s] in ``frame_id`` axes, or None.
         timings: stage name -> duration [s].
         reset_reason: why the temporal cache was reset at this frame, or None.
+        missing_cameras: failed cameras the frame was made without (their own columns have confidence 0).
 
     The voxel selections every output needs (:attr:`nonfree_indices`, :attr:`occupied_indices`,
     :attr:`surface_indices`) are computed on first use and cached on the frame, so a frame's arrays must
@@ -108,6 +109,7 @@ class OccFrame:
     flow: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     reset_reason: str | None = None
+    missing_cameras: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, Any, Any, tuple[int, ...]]] = [('labels', self.labels, np.uint8, ())]

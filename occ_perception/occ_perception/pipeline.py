@@ -32,7 +32,7 @@ import numpy as np
 
 from .geometry import Transform
 from .model.config import ModelConfig
-from .model.splat_tables import build_splat_tables
+from .model.splat_tables import build_splat_tables, camera_coverage, exclusive_columns, mask_cameras
 from .outputs import OccFrame
 from .preprocess import Preprocessor
 from .rig import Rig
@@ -42,6 +42,7 @@ from .tensors import TensorSpec
 
 __all__ = [
     'BACKENDS',
+    'FAILED_CAMERA_MODES',
     'JpegImage',
     'OccPipeline',
     'PipelineError',
@@ -52,6 +53,10 @@ __all__ = [
 
 BACKENDS: tuple[str, ...] = ('onnxruntime', 'torch', 'tensorrt')
 """Backend names :func:`load_model` accepts."""
+
+FAILED_CAMERA_MODES: tuple[str, ...] = ('mask_tables', 'blank_image')
+"""How a failed camera (image None) is fed: its splat table entries zeroed and its image black
+(``mask_tables``), or only its image black with the full tables (``blank_image``)."""
 
 STAGES: tuple[str, ...] = ('preprocess', 'tables', 'network', 'cache', 'total')
 """Timing keys of :attr:`OccFrame.timings` [s]; 'tables' only on frames that rebuilt them."""
@@ -134,9 +139,11 @@ class OccPipeline:
             what history brings; the cache is not used then.
         preprocess_threads: decoder threads of the :class:`~occ_perception.preprocess.Preprocessor`.
         confidence: return the confidence grid (when the backend outputs one).
+        failed_camera_mode: one of :data:`FAILED_CAMERA_MODES`, for frames with a failed camera.
 
     Raises:
-        PipelineError: the backend's inputs differ from the configuration's, or the policy's K differs.
+        PipelineError: the backend's inputs differ from the configuration's, the policy's K differs, or an
+            unknown failed_camera_mode.
     """
 
     def __init__(
@@ -147,7 +154,12 @@ class OccPipeline:
         use_history: bool = True,
         preprocess_threads: int = 2,
         confidence: bool = True,
+        failed_camera_mode: str = 'mask_tables',
     ) -> None:
+        if failed_camera_mode not in FAILED_CAMERA_MODES:
+            raise PipelineError(
+                f'failed_camera_mode: expected one of {list(FAILED_CAMERA_MODES)}, got {failed_camera_mode!r}'
+            )
         try:
             match_specs(expected_input_specs(config), backend.inputs, f'{backend.name} backend')
         except BackendError as err:
@@ -167,6 +179,7 @@ class OccPipeline:
         self.use_history = bool(use_history)
         self.preprocess_threads = int(preprocess_threads)
         self.confidence = bool(confidence)
+        self.failed_camera_mode = failed_camera_mode
         x_size, y_size = config.bev_size
         self.feature_shape = (config.context_channels, y_size, x_size)
         self.cache: BevCache | None = BevCache(temporal, config.grid, self.feature_shape) if config.history else None
@@ -174,6 +187,9 @@ class OccPipeline:
         self.digest: str | None = None
         self.tables: dict[str, np.ndarray] = {}
         self.table_builds = 0
+        self._masked: dict[tuple[bool, ...], dict[str, np.ndarray]] = {}  # active flags -> masked tables
+        self._exclusive: dict[tuple[bool, ...], np.ndarray] = {}  # active flags -> (X, Y) columns only they saw
+        self._coverage: np.ndarray | None = None
         self._preprocessor: Preprocessor | None = None
 
     def reset(self) -> None:
@@ -201,11 +217,42 @@ class OccPipeline:
         w, h = self.config.image_size
         self.tables = build_splat_tables(self.config, rig.matrices(w, h))
         self.table_builds += 1
+        self._masked.clear()
+        self._exclusive.clear()
+        self._coverage = None
         if self._preprocessor is not None:
             self._preprocessor.close()
         self._preprocessor = Preprocessor(rig, (w, h), threads=self.preprocess_threads)
         self.rig, self.digest = rig, digest
         return True
+
+    def tables_for(self, active: tuple[bool, ...]) -> dict[str, np.ndarray]:
+        """The splat tables fed for the current rig with ``active`` cameras (cached per camera set).
+
+        All active, or ``failed_camera_mode`` 'blank_image': the full tables; else :func:`mask_cameras`'s.
+        """
+        if all(active) or self.failed_camera_mode == 'blank_image':
+            return self.tables
+        found = self._masked.get(active)
+        if found is None:
+            found = self._masked[active] = mask_cameras(self.tables, self.config, len(active), active)
+        return found
+
+    def exclusive_columns(self, active: tuple[bool, ...]) -> np.ndarray:
+        """(X, Y) bool: voxel columns that only the inactive cameras' frustums reach (current rig, cached).
+
+        Raises:
+            PipelineError: no rig yet (no frame processed).
+        """
+        if self.rig is None:
+            raise PipelineError('exclusive_columns: no rig yet; process a frame first')
+        found = self._exclusive.get(active)
+        if found is None:
+            if self._coverage is None:
+                w, h = self.config.image_size
+                self._coverage = camera_coverage(self.config, self.rig.matrices(w, h))
+            found = self._exclusive[active] = exclusive_columns(self._coverage, self.config, active)
+        return found
 
     def _empty_history(self) -> HistoryInputs:
         k = self.config.history
@@ -222,7 +269,9 @@ class OccPipeline:
         Args:
             images: one image per camera, in rig order or keyed by camera name (``cam_front``, ...):
                 sensor_msgs/CompressedImage or sensor_msgs/Image instances (rosbags or rclpy), or
-                encoded JPEG/PNG bytes.
+                encoded JPEG/PNG bytes; None for a failed camera: its image is black, its splat table
+                entries are zeroed (``failed_camera_mode`` 'mask_tables') and the voxel columns only it
+                saw get confidence 0 (labels unchanged).
             pose: ``T_map_base_link`` at the frame's stamp.
             rig: the cameras (CameraInfo sizes, intrinsics, extrinsics) in network order.
             stamp_ns: the frame's stamp [ns]; default the ``cam_front`` message's header stamp.
@@ -233,7 +282,7 @@ class OccPipeline:
             for :data:`STAGES` and the cache's reset reason (a :class:`ResetReason` value) or None.
 
         Raises:
-            PipelineError: no stamp, or an image count unlike the rig's.
+            PipelineError: no stamp, an image count unlike the rig's, or no camera with an image.
             occ_perception.preprocess.PreprocessError: an image cannot be decoded or has the wrong size.
             occ_perception.model.splat_tables.SplatError: the rig's matrices are malformed.
             occ_perception.runtime.base.BackendError: the backend refused the feeds.
@@ -241,6 +290,17 @@ class OccPipeline:
         t_start = time.perf_counter()
         if len(images) != len(rig):
             raise PipelineError(f'frame: {len(images)} images for a rig of {len(rig)} cameras {list(rig.names)}')
+        if isinstance(images, Mapping):
+            active = tuple(images.get(name) is not None for name in rig.names)
+        else:
+            active = tuple(image is not None for image in images)
+        if not any(active):
+            raise PipelineError(f'frame: no image from any camera of {list(rig.names)}')
+        missing = tuple(name for name, on in zip(rig.names, active) if not on)
+        if stamp_ns is None and missing:
+            present = [name for name, on in zip(rig.names, active) if on]
+            images_by_name = images if isinstance(images, Mapping) else dict(zip(rig.names, images))
+            stamp_ns = _stamp_of(images_by_name[present[0]]) if 'cam_front' in missing else None
         stamp = int(stamp_ns) if stamp_ns is not None else frame_stamp_ns(images, rig)
         timings: dict[str, float] = {}
 
@@ -252,15 +312,17 @@ class OccPipeline:
 
         t0 = time.perf_counter()
         if isinstance(images, Mapping):
-            msgs: Sequence[Any] | Mapping[str, Any] = {k: _as_message(v) for k, v in images.items()}
+            msgs: Sequence[Any] | Mapping[str, Any] = {
+                k: None if v is None else _as_message(v) for k, v in images.items()
+            }
         else:
-            msgs = [_as_message(v) for v in images]
+            msgs = [None if v is None else _as_message(v) for v in images]
         batch = self._preprocessor(msgs)
         timings['preprocess'] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         reset: ResetReason | None = None
-        feeds: dict[str, Any] = {'images': batch, **self.tables}
+        feeds: dict[str, Any] = {'images': batch, **self.tables_for(active)}
         if self.config.history:
             if self.use_history and self.cache is not None:
                 history = self.cache.prepare(stamp, pose, calibration=rig)
@@ -280,6 +342,9 @@ class OccPipeline:
         timings['cache'] = t_cache + time.perf_counter() - t0
 
         confidence = outputs.get('confidence') if self.confidence else None
+        if confidence is not None and missing:
+            confidence = np.array(confidence, dtype=np.uint8, copy=True)
+            confidence[self.exclusive_columns(active)] = 0
         flow = outputs.get('flow') if self.config.flow_head else None
         timings['total'] = time.perf_counter() - t_start
         return OccFrame(
@@ -291,6 +356,7 @@ class OccPipeline:
             flow=None if flow is None else np.asarray(flow, dtype=np.float32),
             timings=timings,
             reset_reason=None if reset is None else reset.value,
+            missing_cameras=missing,
         )
 
 

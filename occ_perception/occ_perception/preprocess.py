@@ -344,7 +344,8 @@ class Preprocessor:
         """Decode, resize and crop every camera.
 
         Args:
-            images: one CompressedImage or Image per camera, in rig order, or keyed by camera name.
+            images: one CompressedImage or Image per camera, in rig order, or keyed by camera name; None
+                for a failed camera (its image is all zeros).
 
         Returns:
             (N, H, W, 3) uint8 RGB, C-contiguous, in rig order (H, W from ``image_size``).
@@ -378,6 +379,9 @@ class Preprocessor:
         return batch
 
     def _one(self, msg: Any, camera: Camera, transform: ImageTransform, out: np.ndarray) -> None:
+        if msg is None:
+            out[...] = 0
+            return
         preprocess_image(msg, camera, transform, out, self.reduced_decode, self.interpolation)
 
     def close(self) -> None:

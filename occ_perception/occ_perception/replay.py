@@ -654,6 +654,8 @@ def _replay(
     silent = {k: v / NS for k, v in sorted(assembler.longest_gap_ns.items()) if v > SILENT_AFTER * NS}
     for name, seconds in silent.items():
         notes.append(f'input {name} was silent for up to {seconds:.2f} s')
+    for name, count in sorted(assembler.missing_camera_frames.items()):
+        notes.append(f'{count} frame(s) went without {name} (failed camera: masked, its own columns at confidence 0)')
     if assembler.time_jumps:
         notes.append(f'time went backwards {assembler.time_jumps} time(s): synchroniser and pose buffer restarted')
     sync_inputs = assembler.sync.added
@@ -796,9 +798,13 @@ def run_replay(
     backend: str,
     out: str | os.PathLike[str],
     threads: int = 0,
+    failed_camera_mode: str = 'mask_tables',
     **kwargs: Any,
 ) -> ReplaySummary:
     """Load the model and :func:`replay` (the ``replay`` command). ``kwargs`` go to :class:`ReplayOptions`.
+
+    ``failed_camera_mode`` goes to the :class:`~occ_perception.pipeline.OccPipeline` (how a camera silent for
+    longer than ``assembly.camera_timeout`` is fed).
 
     Raises:
         ReplayError, PipelineError: see :func:`replay` and :func:`~occ_perception.pipeline.load_model`.
@@ -809,7 +815,11 @@ def run_replay(
     if not Path(bag).exists():
         raise ReplayError(f'{bag}: no such bag')
     net = load_model(model, config, backend=backend, threads=threads)
-    pipeline = OccPipeline(net, config)
+    try:
+        pipeline = OccPipeline(net, config, failed_camera_mode=failed_camera_mode)
+    except Exception:
+        net.close()
+        raise
     try:
         return replay(options, pipeline)
     finally:

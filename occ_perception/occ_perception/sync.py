@@ -20,6 +20,11 @@ policy, which is another algorithm). Its rule, restated:
   pushed out by the overflow) is emitted, and its messages leave their queues.
 - At most one set is emitted per arrival; nothing else ever leaves a queue.
 
+Optional streams (an extension for a failed camera): the streams in
+:attr:`ApproximateTimeSync.optional`, set by the caller before an arrival, are
+not searched; the set is emitted without them (``SyncedSet.missing``) and their
+queued messages stay where they are.
+
 The search here walks the same lexicographic order depth first and prunes a
 branch as soon as its partial spread reaches ``slop`` (adding stamps can only
 widen it), so it returns the same first combination without enumerating the
@@ -65,17 +70,20 @@ class SyncedSet:
     """One synchronised set: a message of every stream.
 
     Attributes:
-        stamps_ns: (num_streams,) stamps [ns] in stream order.
-        payloads: the messages' payloads in stream order.
+        stamps_ns: (num_streams,) stamps [ns] in stream order; -1 for a missing stream.
+        payloads: the messages' payloads in stream order; None for a missing stream.
+        missing: the optional streams (:attr:`ApproximateTimeSync.optional`) that are not in the set.
     """
 
     stamps_ns: tuple[int, ...]
     payloads: tuple[Any, ...]
+    missing: tuple[int, ...] = ()
 
     @property
     def spread_ns(self) -> int:
-        """Largest minus smallest stamp [ns]."""
-        return max(self.stamps_ns) - min(self.stamps_ns)
+        """Largest minus smallest stamp of the streams present [ns]."""
+        present = [s for i, s in enumerate(self.stamps_ns) if i not in self.missing]
+        return max(present) - min(present)
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,8 @@ class ApproximateTimeSync:
         self._queues: list[dict[int, Any]] = [{} for _ in range(self.num_streams)]
         self.added = 0
         self.emitted = 0
+        self.emitted_messages = 0
+        self.optional: frozenset[int] = frozenset()  # streams a set may go without (a failed camera)
         self.drops: list[Drop] = []
         self.drop_counts: Counter[str] = Counter()
 
@@ -181,16 +191,21 @@ class ApproximateTimeSync:
         choice = self._search(stream, stamp)
         if choice is None:
             return None
-        payloads = tuple(self._queues[i].pop(s) for i, s in enumerate(choice))
-        result = SyncedSet(tuple(choice), payloads)
+        missing = tuple(i for i, s in enumerate(choice) if s is None)
+        payloads = tuple(None if s is None else self._queues[i].pop(s) for i, s in enumerate(choice))
+        result = SyncedSet(tuple(-1 if s is None else s for s in choice), payloads, missing)
         self.emitted += 1
+        self.emitted_messages += len(choice) - len(missing)
         if self.callback is not None:
             self.callback(result)
         return result
 
-    def _search(self, stream: int, stamp: int) -> list[int] | None:
-        """First combination in message_filters' order (see the module docstring), or None."""
-        others = [i for i in range(self.num_streams) if i != stream]
+    def _search(self, stream: int, stamp: int) -> list[int | None] | None:
+        """First combination in message_filters' order (see the module docstring), or None.
+
+        Streams in :attr:`optional` (other than the arriving one) are left out: None in their place.
+        """
+        others = [i for i in range(self.num_streams) if i != stream and i not in self.optional]
         candidates: list[list[int]] = []
         for i in others:
             near = [s for s in self._queues[i] if abs(s - stamp) <= self.slop_ns]
@@ -215,9 +230,9 @@ class ApproximateTimeSync:
 
         if not walk(0, stamp, stamp):
             return None
-        choice = list(picked)
-        choice.insert(stream, stamp)
-        return choice
+        found = dict(zip(others, picked))
+        found[stream] = stamp
+        return [found.get(i) for i in range(self.num_streams)]
 
     def flush(self, reason: str = 'left_at_end') -> list[Drop]:
         """Drop every message still queued, oldest stamp first per stream.
@@ -246,7 +261,7 @@ class ApproximateTimeSync:
     def accounted(self) -> bool:
         """True when every added message is in an emitted set, a drop, or still queued."""
         queued = sum(len(q) for q in self._queues)
-        return self.added == self.emitted * self.num_streams + len(self.drops) + queued
+        return self.added == self.emitted_messages + len(self.drops) + queued
 
 
 def synchronise(

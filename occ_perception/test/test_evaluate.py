@@ -172,3 +172,34 @@ def test_eval_options(setup, tmp_path, capsys):
         ['eval', '--model', str(tmp_path / 'missing.onnx'), '--dataroot', str(root), '--out', str(tmp_path / 'x')]
     )
     assert status == 2 and 'missing.onnx' in capsys.readouterr().err
+
+
+def test_eval_with_a_dropped_camera_runs_it_as_failed_and_records_it(setup, tmp_path, capsys):
+    """--drop-camera feeds that camera as failed on every frame (the pipeline sees no image of it), the
+    option and the mode are in metrics.json; an unknown camera is one clear error."""
+    from occ_perception.data.occ3d import Occ3DDataset
+    from occ_perception.evaluate import evaluate
+
+    root, cfg, onnx = setup
+    seen = []
+    with OccPipeline(load_model(onnx, cfg), cfg, failed_camera_mode='blank_image') as pipeline:
+        dataset = Occ3DDataset(root, cfg, version='v1.0-mini', scenes=['scene-0001'])
+        result = evaluate(
+            pipeline,
+            dataset,
+            mask='none',
+            max_frames=2,
+            drop_cameras=['CAM_BACK'],
+            on_frame=lambda frame, occ: seen.append(occ.missing_cameras),
+        )
+    assert result.frames == 2 and seen == [('cam_back',), ('cam_back',)]
+
+    args = ['eval', '--model', str(onnx), '--history', '2', '--dataroot', str(root), '--quiet']
+    args += ['--scenes', 'scene-0001', '--max-frames', '1', '--mask', 'none']
+    assert cli_main(args + ['--out', str(tmp_path / 'one'), '--drop-camera', 'CAM_FRONT']) == 0
+    data = json.loads((tmp_path / 'one' / 'metrics.json').read_text())
+    assert data['drop_cameras'] == ['CAM_FRONT'] and data['failed_camera_mode'] == 'mask_tables'
+    capsys.readouterr()
+    status = cli_main(args + ['--out', str(tmp_path / 'x'), '--drop-camera', 'CAM_NOSE'])
+    err = capsys.readouterr().err
+    assert status == 2 and 'CAM_NOSE' in err and 'cam_front' in err, err

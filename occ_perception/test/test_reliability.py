@@ -414,8 +414,8 @@ def test_an_unexpected_exception_is_an_internal_error_drop_not_a_crash(pipeline,
 
 def test_a_silent_camera_stops_frames_without_an_error_and_they_resume() -> None:
     """cam_back silent for 3 s: no set can be complete, the others' messages are counted queue_overflow drops,
-    silent() names it, and frames resume when it returns."""
-    assembler = FrameAssembler(AssemblyConfig())
+    silent() names it, and frames resume when it returns (camera_timeout 0: no frames without a camera)."""
+    assembler = FrameAssembler(AssemblyConfig(camera_timeout=0.0))
     events = feed(assembler, [('tf_static', '', _tf_static())])
     step = NS // 2
     for k in range(12):
@@ -436,8 +436,9 @@ def test_a_silent_camera_stops_frames_without_an_error_and_they_resume() -> None
 # ---------------------------------------------------------------------------------------------- replay
 
 
-def _replay(bag: Path, out: Path, pipeline) -> Any:
-    options = ReplayOptions(bag=bag, out=out, markers_rate=0.0, panels=0, progress=False)
+def _replay(bag: Path, out: Path, pipeline, camera_timeout: float = 1.0) -> Any:
+    assembly = AssemblyConfig(camera_timeout=camera_timeout)
+    options = ReplayOptions(bag=bag, out=out, markers_rate=0.0, panels=0, progress=False, assembly=assembly)
     return replay(options, pipeline)
 
 
@@ -497,7 +498,7 @@ def test_replay_of_a_bag_mixing_good_and_bad_frames_accounts_for_every_frame(pip
             w.write(topic, NS + n * 1_000_000, msg)
             if n == 100:
                 w.write_raw('/odom', NS + n * 1_000_000, b'\x00\x01\x00\x00\xff\xff')  # damaged CDR
-    summary = _replay(bag, tmp_path / 'out', pipeline)
+    summary = _replay(bag, tmp_path / 'out', pipeline, camera_timeout=0.0)  # wait for all six cameras
 
     expected = {
         'missing_calibration': 1,  # frame 0: no /tf_static yet

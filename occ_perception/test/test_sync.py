@@ -247,3 +247,22 @@ def test_flush_after_time_went_backwards_drops_the_queued_messages_with_that_rea
     assert sync.accounted() and sync.queued(0) == ()
     with pytest.raises(SyncError, match='reason'):
         sync.flush('superseded')
+
+
+def test_an_optional_stream_is_left_out_of_the_set_and_its_queue_stays() -> None:
+    """Streams in ``optional`` are not searched: the set goes without them (stamp -1, payload None), their
+    queued messages stay and are accounted, and a set with every stream forms once they are required again."""
+    sync = ApproximateTimeSync(3, queue_size=2, slop=0.05)
+    ms = 1_000_000
+    assert sync.add(2, 100 * ms, 'old') is None  # stream 2 has one old message
+    sync.optional = frozenset({2})
+    assert sync.add(0, 500 * ms, 'a') is None
+    got = sync.add(1, 510 * ms, 'b')
+    assert got is not None and got.stamps_ns == (500 * ms, 510 * ms, -1) and got.payloads == ('a', 'b', None)
+    assert got.missing == (2,) and got.spread_ns == 10 * ms
+    assert sync.queued(2) == (100 * ms,) and sync.accounted()
+    sync.optional = frozenset()
+    assert sync.add(0, 1000 * ms, 'c') is None and sync.add(1, 1000 * ms, 'd') is None
+    full = sync.add(2, 1010 * ms, 'e')
+    assert full is not None and full.missing == () and full.payloads == ('c', 'd', 'e')
+    assert sync.emitted == 2 and sync.emitted_messages == 5 and sync.accounted()

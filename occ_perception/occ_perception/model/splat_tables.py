@@ -47,7 +47,9 @@ __all__ = [
     'SplatError',
     'bev_cells',
     'build_splat_tables',
+    'camera_coverage',
     'check_splat_tables',
+    'exclusive_columns',
     'frustum_cells',
     'frustum_points',
     'mask_cameras',
@@ -170,6 +172,55 @@ def bev_cells(config: ModelConfig, points: np.ndarray) -> np.ndarray:
 def frustum_cells(config: ModelConfig, matrices: RigMatrices) -> np.ndarray:
     """BEV cell of every frustum point: (N, D, H_feat, W_feat) int64, ``iy * X + ix``, -1 outside the grid."""
     return bev_cells(config, frustum_points(config, matrices))
+
+
+def camera_coverage(config: ModelConfig, matrices: RigMatrices) -> np.ndarray:
+    """Which BEV cells each camera's frustum reaches.
+
+    Args:
+        config: the network config (grid, image and feature size, depth bins).
+        matrices: N cameras (:meth:`Rig.matrices` for the config's image size).
+
+    Returns:
+        (N, Y*X) bool, cell ``iy * X + ix``: True where a frustum point of camera n lands.
+
+    Raises:
+        SplatError: malformed matrices.
+    """
+    cells = frustum_cells(config, matrices)
+    n = cells.shape[0]
+    x_size, y_size = config.bev_size
+    flat = cells.reshape(n, -1)
+    cover = np.zeros((n, y_size * x_size + 1), dtype=bool)  # the last column collects points outside the grid
+    rows = np.repeat(np.arange(n), flat.shape[1])
+    cover[rows, np.where(flat >= 0, flat, y_size * x_size).reshape(-1)] = True
+    return cover[:, :-1]
+
+
+def exclusive_columns(coverage: np.ndarray, config: ModelConfig, active: Sequence[bool]) -> np.ndarray:
+    """Voxel columns that only inactive cameras see: no active camera's frustum reaches them, an inactive one's does.
+
+    Args:
+        coverage: (N, Y*X) bool from :func:`camera_coverage`.
+        config: the network config (its grid gives X, Y).
+        active: one bool per camera, in rig order.
+
+    Returns:
+        (X, Y) bool in the voxel grid's ``[x, y]`` order: True for the columns a failed camera alone covered.
+
+    Raises:
+        SplatError: ``active`` does not have N entries or ``coverage`` is not (N, Y*X).
+    """
+    flags = np.asarray(active, dtype=bool).reshape(-1)
+    x_size, y_size = config.bev_size
+    if coverage.ndim != 2 or coverage.shape[1] != x_size * y_size or coverage.shape[0] != flags.shape[0]:
+        raise SplatError(
+            f'exclusive_columns: coverage of shape {coverage.shape} and {flags.shape[0]} active flags; '
+            f'expected ({flags.shape[0]}, {y_size * x_size})'
+        )
+    seen_active = coverage[flags].any(axis=0)
+    seen_inactive = coverage[~flags].any(axis=0)
+    return (seen_inactive & ~seen_active).reshape(y_size, x_size).T
 
 
 def _chunk_rows(group: np.ndarray, length: int | None) -> tuple[np.ndarray, np.ndarray]:
