@@ -178,7 +178,11 @@ class Ref:
         speed = np.hypot(f.flow[..., 0], f.flow[..., 1])
         for ix in range(self.grid.shape[0]):
             for iy in range(self.grid.shape[1]):
-                moving = [iz for iz in range(self.grid.shape[2]) if occ[ix, iy, iz] and speed[ix, iy, iz] > 0.5]
+                moving = [
+                    iz
+                    for iz in range(self.grid.shape[2])
+                    if occ[ix, iy, iz] and CLASSES[f.labels[ix, iy, iz]].dynamic and speed[ix, iy, iz] > 0.5
+                ]
                 if not moving:
                     continue
                 iz = moving[-1]
