@@ -19,6 +19,7 @@ try:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import Odometry
+    from rclpy.clock import Clock, ClockType
     from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
@@ -98,7 +99,8 @@ class OccNode(Node):
         )
         self.create_subscription(TFMessage, '/tf_static', self.assembly.tf_static, static_qos)
         self.create_service(Trigger, '~/reset', self._on_reset)
-        self.create_timer(p.diagnostics_period, self._on_timer)
+        # steady time: diagnostics also go out with use_sim_time before (or without) /clock, and across bag loops
+        self.create_timer(p.diagnostics_period, self._on_timer, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name='occ_inference', daemon=True)
