@@ -34,6 +34,7 @@ except ImportError as err:  # no ROS 2 sourced: main() says so; the module still
     Node = object
 
 OUTPUT_QOS_DEPTH = 2
+TF_QOS_DEPTH = 10  # /tf keeps up (newest 10) rather than queue behind the cameras
 
 
 class StartupError(RuntimeError):
@@ -92,8 +93,8 @@ class OccNode(Node):
             )
         if p.pose_source == 'odom':  # the ego pose is the 7th synchronised input
             self.create_subscription(Odometry, 'odom', self.assembly.odom, qos_profile_sensor_data)
-        else:
-            self.create_subscription(TFMessage, '/tf', self.assembly.tf, QoSProfile(depth=100))
+        else:  # a shallow queue: the executor takes one /tf message per camera image, a deep one would lag
+            self.create_subscription(TFMessage, '/tf', self.assembly.tf, QoSProfile(depth=TF_QOS_DEPTH))
         static_qos = QoSProfile(
             depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
         )
