@@ -53,7 +53,9 @@ lists the inputs that have been quiet for longer than a timeout. A failed camera
 synchroniser input, so sets form without it (:attr:`Frame.missing`, its image
 None); the pipeline then feeds it black with its splat table entries zeroed and
 zeroes the confidence of the columns only it sees. Its first image makes it
-required again. Until ``camera_timeout`` has passed (or with ``camera_timeout``
+required again. A camera heard before time went backwards counts as heard at
+the stamp time went back to: one that stays silent after a jump (a bag played
+again without it) is failed ``camera_timeout`` later. Until ``camera_timeout`` has passed (or with ``camera_timeout``
 0) no set can be complete: the other inputs' messages leave their queues as
 ``queue_overflow`` drops. :func:`camera_status` gives the per-camera level for
 diagnostics and :attr:`FrameAssembler.missing_camera_frames` counts the frames
@@ -403,6 +405,9 @@ class FrameAssembler:
         self._waiting: list[tuple[Frame | None, SyncedSet, int]] = []  # pose_source tf: frames waiting for a pose
         self._sync_drops_seen = 0
         self._newest: dict[int, int] = {}  # synchroniser input -> newest stamp seen [ns]
+        # input -> newest stamp [ns], or the stamp time went back to for an input heard before the jump: a camera
+        # that stops across a jump (a bag replayed without it) is failed camera_timeout after the jump
+        self._heard: dict[int, int] = {}
         self._last_set_stamp: int | None = None
         self._tf_restarted = False  # /tf went back in time since the last jump of the synchronised inputs
         self.sets = 0
@@ -490,6 +495,11 @@ class FrameAssembler:
         limit = int(timeout * NS)
         return {names[i]: (now_ns - t) / NS for i, t in sorted(self._newest.items()) if now_ns - t > limit}
 
+    @property
+    def newest_ns(self) -> int | None:
+        """The newest stamp fed to the synchroniser since time last went backwards [ns] (None before any)."""
+        return max(self._heard.values()) if self._heard else None
+
     def failed(self, now_ns: int) -> tuple[str, ...]:
         """Cameras a set formed at ``now_ns`` goes without: silent for more than ``camera_timeout``, in rig order.
 
@@ -503,7 +513,7 @@ class FrameAssembler:
             return []
         n = len(self.config.cameras)
         limit = int(timeout * NS)
-        out = [i for i in range(n) if i in self._newest and now_ns - self._newest[i] > limit]
+        out = [i for i in range(n) if i in self._heard and now_ns - self._heard[i] > limit]
         return [] if len(out) == n else out
 
     def _time_backwards(self, stream: int, stamp_ns: int) -> list[Frame | FrameDrop]:
@@ -523,6 +533,7 @@ class FrameAssembler:
             events.append(self._frame_drop('time_backwards', stamp, f'{name} went back in time before its pose came'))
         self._waiting.clear()
         self._newest.clear()
+        self._heard = dict.fromkeys(self._heard, stamp_ns)
         self._last_set_stamp = None
         if not self._tf_restarted:  # else /tf jumped first and the buffer holds the new timeline already
             self.poses.clear()
@@ -539,6 +550,7 @@ class FrameAssembler:
             name = self.config.streams[stream]
             self.longest_gap_ns[name] = max(self.longest_gap_ns.get(name, 0), stamp_ns - newest)
         self._newest[stream] = max(stamp_ns, newest or stamp_ns)
+        self._heard[stream] = self._newest[stream]
         self.sync.optional = frozenset(self._failed(stamp_ns))
         synced = self.sync.add(stream, stamp_ns, msg)
         events += self._new_sync_drops()
@@ -911,7 +923,7 @@ def camera_status(assembler: FrameAssembler, now_ns: int) -> list[tuple[str, str
     for i, cam in enumerate(assembler.config.cameras):
         count = assembler.missing_camera_frames.get(cam, 0)
         if cam in failed:
-            silent = (now_ns - assembler._newest[i]) / NS
+            silent = (now_ns - assembler._heard[i]) / NS
             out.append(
                 (
                     cam,

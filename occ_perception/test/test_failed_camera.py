@@ -266,3 +266,19 @@ def test_replay_of_a_bag_with_a_camera_silent_for_3_s_goes_on_with_five(net, tmp
     assert sum(summary.sync_drops.values()) == 12  # frames 1 and 2: five images and an odometry each
     cam = CAMS.index(FAILED)
     assert [run['images'][cam].any() for run in pipeline.backend.runs] == [True, False, True]
+
+
+def test_a_camera_silent_after_time_went_backwards_is_failed_camera_timeout_after_the_jump() -> None:
+    """A bag played again without one camera: the jump flushes the synchroniser, and the camera heard before it
+    fails camera_timeout after the stamp time went back to (frames go on with five cameras)."""
+    assembler = FrameAssembler(AssemblyConfig(camera_timeout=1.0))
+    first = [e for e in feed(assembler, _items(silent=range(0), frames=4)) if isinstance(e, Frame)]
+    assert [f.missing for f in first] == [()] * 4
+    again = [e for e in feed(assembler, _items(silent=range(0, 11), frames=8)) if isinstance(e, Frame)]
+    assert assembler.time_jumps >= 1
+    # after the jump to T0, cam_back (silent) fails once the others' stamps are more than 1 s past T0
+    assert [f.stamp_ns for f in again] == [T0 + k * STEP for k in range(3, 8)]
+    assert all(f.missing == (FAILED,) for f in again)
+    status = dict((cam, level) for cam, level, _ in camera_status(assembler, assembler.newest_ns))
+    assert status[FAILED] == 'WARN' and [c for c, lv in status.items() if lv == 'WARN'] == [FAILED]
+    assert assembler.newest_ns is not None and assembler.newest_ns >= T0 + 7 * STEP

@@ -24,8 +24,8 @@ def test_node_package_declares_its_run_dependencies(package_dir: Path) -> None:
     package = parse_package(str(package_dir / 'package.xml'))
     run = {d.name for d in package.exec_depends}
     needed = {
-        'rclpy', 'message_filters', 'cv_bridge', 'sensor_msgs', 'sensor_msgs_py', 'nav_msgs', 'geometry_msgs',
-        'std_msgs', 'std_srvs', 'visualization_msgs', 'diagnostic_msgs', 'tf2_ros_py', 'tf2_msgs', 'occ_perception_msgs',
+        'rclpy', 'cv_bridge', 'sensor_msgs', 'sensor_msgs_py', 'nav_msgs', 'geometry_msgs',
+        'std_msgs', 'std_srvs', 'visualization_msgs', 'diagnostic_msgs', 'tf2_msgs', 'occ_perception_msgs',
         'python3-numpy', 'python3-opencv', 'python3-pyquaternion',
     }  # fmt: skip
     assert needed <= run, f'missing exec_depends: {sorted(needed - run)}'

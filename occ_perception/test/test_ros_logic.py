@@ -23,21 +23,18 @@ from occ_perception.ros.logic import (
     FrameRunner,
     FrameSlot,
     LogicError,
+    NodeAssembly,
     NodeStats,
-    RigAssembler,
-    StampWatch,
     choose_backend,
     diagnostic_array,
-    frame_from_set,
     make_processor,
     node_reports,
-    odometry_pose_at,
-    purge_newer,
     raw_converter,
     resolve_model_path,
 )
 from occ_perception.ros.params import PARAMS, ParamError, param_defaults, param_descriptor, validate_params
-from pyquaternion import Quaternion
+
+from occ_perception import frame_assembly
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS
@@ -196,108 +193,17 @@ def test_integer_values_are_accepted_for_doubles():
 
 
 # ---------------------------------------------------------------------------
-# rig from CameraInfo and /tf_static
-
-
-def test_rig_from_camera_info_and_a_chain_of_static_transforms_with_what_is_missing_named():
-    truth = Rig.nuscenes(400, 225)
-    rigs = RigAssembler(CAMERAS, 'base_link')
-    assert rigs.rig() is None
-    assert rigs.missing() == [f'{c}/camera_info' for c in CAMERAS]
-    for cam in truth.cameras:
-        assert rigs.add_camera_info(cam.name, cdr(camera_info(cam, T0), 'sensor_msgs/msg/CameraInfo'))
-    assert rigs.rig() is None and rigs.missing() == [f'/tf_static base_link <- {c}' for c in CAMERAS]
-    # cam_front hangs below a mount frame: base_link -> roof -> cam_front, composed
-    front = truth.camera('cam_front').cam_to_ego
-    roof = Transform.from_yaw(0.3, (1.0, 0.2, 1.4))
-    edges = [('base_link', c.name, c.cam_to_ego) for c in truth.cameras if c.name != 'cam_front']
-    assert rigs.add_transforms(tf_message(edges[:3]))
-    assert rigs.missing() == [f'/tf_static base_link <- {c}' for c in ('cam_front', 'cam_back', 'cam_back_right')]
-    rigs.add_transforms(
-        tf_message(edges[3:] + [('base_link', 'roof', roof), ('roof', 'cam_front', roof.inverse() @ front)])
-    )
-    rig = rigs.rig()
-    assert rig is not None and rigs.missing() == [] and rig.names == CAMERAS
-    assert rig.same_as(truth, atol=1e-9)
-    assert rigs.rig() is rig and rigs.changes == 0
-    # the same numbers again: nothing changes
-    assert not rigs.add_camera_info(
-        'cam_back', cdr(camera_info(truth.camera('cam_back'), T0 + NS), 'sensor_msgs/msg/CameraInfo')
-    )
-    assert not rigs.add_transforms(tf_message(edges[:1]))
-    assert rigs.rig() is rig
-    # recalibration of one camera: a new rig with a new digest
-    back = truth.camera('cam_back')
-    k = back.intrinsics.copy()
-    k[0, 0] *= 1.01
-    assert rigs.add_camera_info('cam_back', camera_info(replace(back, intrinsics=k), T0 + 2 * NS))
-    moved = rigs.rig()
-    assert moved is not rig and moved.digest() != rig.digest() and rigs.changes == 1
-    # a moved camera on /tf_static also changes the rig
-    rigs.add_transforms(tf_message([('base_link', 'cam_back', Transform.from_yaw(3.1, (0.0, 0.0, 1.6)))]))
-    assert rigs.rig().digest() != moved.digest() and rigs.changes == 2
-
-
-def test_malformed_camera_info_leaves_the_rig_missing_with_the_reason():
-    truth = Rig.nuscenes(400, 225)
-    rigs = RigAssembler(CAMERAS[:2], 'base_link')
-    rigs.add_transforms(tf_message([('base_link', c.name, c.cam_to_ego) for c in truth.cameras[:2]]))
-    rigs.add_camera_info('cam_front_left', camera_info(truth.cameras[0], T0))
-    bad = camera_info(truth.cameras[1], T0)
-    bad.k[0] = 0.0
-    bad.p[0] = 0.0
-    rigs.add_camera_info('cam_front', bad)
-    assert rigs.rig() is None
-    assert any('focal length' in m for m in rigs.missing())
-    with pytest.raises(LogicError, match='cam_back'):
-        rigs.add_camera_info('cam_back', bad)
-    # a CameraInfo whose header names another optical frame is looked up under that frame
-    rigs.add_camera_info('cam_front', camera_info(truth.cameras[1], T0, frame_id='front_optical'))
-    assert rigs.rig() is None and rigs.missing() == ['/tf_static base_link <- front_optical']
-
-
-# ---------------------------------------------------------------------------
-# ego pose and frames
-
-
-def test_odometry_is_carried_to_the_frame_stamp_with_its_twist():
-    pose = Transform.from_yaw(np.pi / 2, (100.0, 50.0, 0.5))
-    msg = odometry(T0, pose, linear=(10.0, 0.0, 0.0), angular=(0.0, 0.0, 0.5))
-    assert odometry_pose_at(msg, T0, 'map', 'base_link') == pose
-    later = odometry_pose_at(msg, T0 + 20_000_000, 'map', 'base_link')  # 20 ms later
-    # 10 m/s forward along the body x axis, which points along map +y at yaw 90 degrees
-    np.testing.assert_allclose(later.translation, [100.0, 50.2, 0.5], atol=1e-9)
-    expected = Quaternion(axis=[0, 0, 1], angle=np.pi / 2 + 0.01)
-    assert Quaternion.absolute_distance(later.rotation, expected) < 1e-9
-    earlier = odometry_pose_at(msg, T0 - 20_000_000, 'map', 'base_link')
-    np.testing.assert_allclose(earlier.translation, [100.0, 49.8, 0.5], atol=1e-9)
-    with pytest.raises(LogicError, match="expected map -> base_link, got 'odom' -> 'base_link'"):
-        odometry_pose_at(odometry(T0, pose, frame='odom'), T0, 'map', 'base_link')
-    with pytest.raises(LogicError, match='twist'):
-        odometry_pose_at(odometry(T0, pose, linear=(np.nan, 0, 0)), T0, 'map', 'base_link')
-
-
-def test_frame_from_a_synchronised_set_takes_the_cam_front_stamp():
-    stamps = [T0 + d for d in (-30_000_000, 0, 12_000_000, -41_000_000, 5_000_000, 9_000_000)]
-    images = [jpeg_image(s, 64, 32, i, data=b'x') for i, s in enumerate(stamps)]
-    odom = odometry(T0 + 2_000_000, Transform())
-    frame = frame_from_set(CAMERAS, [*images, odom])
-    assert frame.stamp_ns == T0 and frame.odom is odom and list(frame.images) == list(CAMERAS)
-    assert frame.spread_ns == 53_000_000
-    without = frame_from_set(CAMERAS, images)
-    assert without.odom is None and without.spread_ns == 53_000_000
-    with pytest.raises(LogicError, match='5 messages'):
-        frame_from_set(CAMERAS, images[:5])
-
-
-# ---------------------------------------------------------------------------
 # hand-over and drops
+
+
+def pending(stamp_ns: int) -> Frame:
+    return Frame(frame_assembly.Frame(stamp_ns, (), Transform(), None, (stamp_ns,), stamp_ns))
 
 
 def test_latest_frame_wins_and_every_frame_is_published_or_counted():
     drops = DropCounter()
     slot = FrameSlot(drops)
-    frames = [Frame(T0 + i, {}, 0) for i in range(3)]
+    frames = [pending(T0 + i) for i in range(3)]
     slot.put(frames[0])
     slot.put(frames[1])
     assert drops.counts == {'superseded': 1} and slot.take(0.0) is frames[1]
@@ -327,7 +233,7 @@ def test_producer_and_worker_threads_account_for_every_frame():
     thread = threading.Thread(target=worker)
     thread.start()
     for i in range(500):
-        slot.put(Frame(T0 + i, {}, 0))
+        slot.put(pending(T0 + i))
     slot.close()
     thread.join(5.0)
     assert len(taken) + drops.total == 500 and set(drops.counts) <= {'superseded', 'shutdown'}
@@ -552,103 +458,78 @@ def runner_parts(tmp_path_factory):
     pipeline.close()
 
 
-def test_frames_through_the_runner_with_calibration_change_reset_and_drops(runner_parts):
+def test_failed_camera_mode_choices_are_the_pipelines():
+    from occ_perception.pipeline import FAILED_CAMERA_MODES
+    from occ_perception.ros.params import FAILED_CAMERA_MODES as NODE_MODES
+
+    assert NODE_MODES == FAILED_CAMERA_MODES
+    assert validate_params({'failed_camera_mode': 'blank_image'}).failed_camera_mode == 'blank_image'
+    with pytest.raises(ParamError, match='failed_camera_mode'):
+        validate_params({'failed_camera_mode': 'drop'})
+
+
+def test_node_assembly_to_runner_with_calibration_drops_failed_camera_and_a_loop(runner_parts):
+    """Messages one by one as the subscriptions deliver them: sets through the FrameAssembler to the slot, the
+    worker's runner to output messages; a corrupt image, odometry of other frames, a camera that stops (frames go
+    on without it, its diagnostic WARN), time going backwards, the ~/reset service."""
     pipeline, choice = runner_parts
     assert (choice.backend, choice.device) == ('torch', 'cpu') and '.pt checkpoint' in choice.reason
     truth = Rig.nuscenes(480, 270)
-    rigs = RigAssembler(CAMERAS, 'base_link')
-    drops, stats = DropCounter(), NodeStats(list(CAMERAS))
-    processor = make_processor(pipeline, TYPES, validate_params({'markers_rate': 1.0}), voxels=True)
-    runner = FrameRunner(
-        processor, rigs, lambda f: odometry_pose_at(f.odom, f.stamp_ns, 'map', 'base_link'), stats, drops
-    )
+    params = validate_params({'markers_rate': 1.0, 'camera_timeout': 1.0})
+    drops, stats = DropCounter(), NodeStats(list(CAMERAS) + ['odom'])
+    slot = FrameSlot(drops)
+    assembly = NodeAssembly(params, slot, drops, stats)
+    processor = make_processor(pipeline, TYPES, params, voxels=True)
+    runner = FrameRunner(processor, stats, drops)
 
-    def frame(i: int, odom_frame: str = 'map', corrupt: bool = False) -> Frame:
+    def feed(i: int, skip: tuple[str, ...] = (), odom_frame: str = 'map', corrupt: bool = False):
+        """Frame i's messages (0.5 s apart), then what the worker gets: (messages, problem) or None."""
         stamp = T0 + i * NS // 2
-        images = [
-            jpeg_image(
-                stamp + 3_000_000 * k,
-                480,
-                270,
-                seed=k + 10 * i,
-                frame_id=cam,
-                data=b'\xff\xd8 not a jpeg' if corrupt and k == 2 else None,
-            )
-            for k, cam in enumerate(CAMERAS)
-        ]
-        odom = odometry(
-            stamp + 1_000_000, Transform.from_yaw(0.1, (5.0 * i, 0.0, 0.0)), linear=(10.0, 0, 0), frame=odom_frame
-        )
-        return frame_from_set(CAMERAS, [*images, odom])
+        for k, cam in enumerate(CAMERAS):
+            if cam in skip:
+                continue
+            bad = b'\xff\xd8 not a jpeg' if corrupt and k == 2 else None
+            assembly.image(cam, jpeg_image(stamp + 3_000_000 * k, 480, 270, seed=k + 10 * i, frame_id=cam, data=bad))
+        pose = Transform.from_yaw(0.1, (5.0 * i, 0.0, 0.0))
+        assembly.odom(odometry(stamp + 1_000_000, pose, linear=(10.0, 0, 0), frame=odom_frame))
+        frame = slot.take(0.0)
+        return None if frame is None else (frame, *runner.run(frame))
 
-    messages, problem = runner.run(frame(0))
-    assert messages is None and problem.startswith('missing_calibration: waiting for cam_front_left/camera_info')
+    # no calibration yet: the set is a counted missing_calibration drop, the rig's gap is named
+    assert feed(0) is None and drops.counts == {'missing_calibration': 1}
+    assert assembly.rig_missing() == ['no CameraInfo of cam_front_left yet']
     for cam in truth.cameras:
-        rigs.add_camera_info(cam.name, camera_info(cam, T0))
-    rigs.add_transforms(tf_message([('base_link', c.name, c.cam_to_ego) for c in truth.cameras]))
-    results = [runner.run(frame(i)) for i in (1, 2)]
-    assert all(p is None for _, p in results) and runner.last_reset is None
-    first, second = (m for m, _ in results)
+        assembly.camera_info(cam.name, camera_info(cam, T0))
+    assembly.tf_static(tf_message([('base_link', c.name, c.cam_to_ego) for c in truth.cameras]))
+    assert assembly.rig_missing() == []
+    (f1, first, p1), (_, second, p2) = feed(1), feed(2)
+    assert p1 is None and p2 is None and f1.job.missing == () and runner.last_reset is None
     assert sorted(first) == sorted(OUTPUT_TOPICS) and 'occupancy/markers' not in second  # 1 Hz, frames 0.5 s apart
     sem = read_semantic_occupancy(first['occupancy/semantics'])
     assert sem.stamp_ns == T0 + NS // 2 + 3_000_000 and sem.grid == pipeline.config.grid  # cam_front's stamp
-    assert len(pipeline.cache.entries) == 2 and pipeline.table_builds == 1
-    # recalibration through CameraInfo: tables rebuilt, temporal cache reset with the reason named
-    front = truth.camera('cam_front')
-    k = front.intrinsics.copy()
-    k[0, 2] += 6.0
-    rigs.add_camera_info('cam_front', camera_info(replace(front, intrinsics=k), T0 + NS))
-    messages, problem = runner.run(frame(3))
-    assert problem is None and runner.last_reset == 'calibration' and pipeline.table_builds == 2
     # the ~/reset service
     runner.request_reset()
-    messages, problem = runner.run(frame(4))
-    assert problem is None and stats.last_reset == 'requested' and len(pipeline.cache.entries) == 1
-    # a corrupt image and odometry of other frames: counted drops, and the next frame still goes through
-    _, problem = runner.run(frame(5, corrupt=True))
-    assert problem.startswith('decode_error: ') and 'cam_front_right' in problem
-    _, problem = runner.run(frame(6, odom_frame='odom'))
-    assert problem.startswith('bad_pose: LogicError') and runner.last_pose_problem
-    messages, problem = runner.run(frame(7))
-    assert problem is None and messages and runner.last_pose_problem is None
-    assert drops.counts == {'missing_calibration': 1, 'decode_error': 1, 'bad_pose': 1}
-    assert stats.frames_out == 5
-    stages = set(stats.latencies())
-    assert {'pipeline/network', 'pipeline/preprocess', 'encode/semantics', 'encode/costmap', 'end_to_end'} <= stages
-
-
-# ---------------------------------------------------------------------------
-# input time going backwards (bag --loop)
-
-
-def test_stamp_watch_flags_each_input_that_goes_backwards_once():
-    watch = StampWatch()
-    for k in range(5):  # 12 Hz, two inputs, equal stamps are no jump
-        assert not watch.observe('cam_front', T0 + k * NS // 12)
-        assert not watch.observe('odom', T0 + k * NS // 12)
-    assert not watch.observe('odom', T0 + 4 * NS // 12)
-    assert watch.observe('cam_front', T0 + NS // 24)  # the loop restarts at the bag's start
-    assert not watch.observe('cam_front', T0 + NS // 12 + NS // 24)  # counted once, then forward again
-    assert watch.observe('odom', T0)
-    assert watch.jumps == 2
-    tolerant = StampWatch(tolerance_ns=NS // 100)
-    tolerant.observe('cam_front', T0)
-    assert not tolerant.observe('cam_front', T0 - NS // 200)
-    assert tolerant.observe('cam_front', T0 - NS // 50)
-
-
-def test_purge_newer_keeps_only_stamps_that_can_still_pair_after_a_loop():
-    # the synchroniser's queues (stamp ns -> message) at the end of a bag: three frames each, 12 Hz
-    end = T0 + 20 * NS
-    stamps = [end - k * NS // 12 for k in (2, 1, 0)]
-    queues = [{t: jpeg_image(t, 32, 24, seed=i) for t in stamps} for i in range(len(CAMERAS))]
-    restart = T0 + NS // 24
-    queues[1][restart] = jpeg_image(restart, 32, 24, seed=9)  # cam_front's first image of the next loop
-    removed = purge_newer(queues, restart)
-    assert removed == 3 * len(CAMERAS)
-    assert [list(q) for q in queues] == [[]] + [[restart]] + [[]] * (len(CAMERAS) - 2)
-    assert queues[1][restart].header.stamp.sec == restart // NS
-    untouched = {T0: jpeg_image(T0, 32, 24, seed=1)}
-    lock = threading.Lock()
-    assert purge_newer([untouched], T0, lock) == 0 and list(untouched) == [T0]
-    assert not lock.locked()
+    assert feed(3)[2] is None and stats.last_reset == 'requested' and len(pipeline.cache.entries) == 1
+    # a corrupt image and odometry of other frames: counted drops, the next frame goes through
+    assert feed(4, corrupt=True)[2].startswith('decode_error: ')
+    assert feed(5, odom_frame='odom') is None and drops.counts['bad_pose'] == 1
+    # cam_back stops: no set until it has been silent for more than camera_timeout (1 s), then frames without it
+    results = [feed(i, skip=('cam_back',)) for i in range(6, 11)]
+    made = [r for r in results if r is not None]
+    assert [r[0].job.missing for r in made] == [('cam_back',)] * len(made) and len(made) >= 2
+    assert all(r[2] is None and r[1] for r in made)
+    reports = {r.name: r for r in assembly.reports(processor)}
+    assert (
+        reports['occ_node: camera cam_back'].level == 'WARN'
+        and 'cam_back' in reports['occ_node: camera cam_back'].message
+    )
+    assert all(reports[f'occ_node: camera {c}'].level == 'OK' for c in CAMERAS if c != 'cam_back')
+    sync = reports['occ_node: synchroniser']
+    assert sync.level == 'WARN' and dict(sync.values)['frames without cam_back'] == str(len(made))
+    # the bag again from its start without cam_back: time went backwards, frames go on once cam_back times out
+    again = [feed(i, skip=('cam_back',)) for i in range(1, 6)]
+    assert dict(assembly.reports(processor)[-1].values)['time_jumps'] == '1'
+    assert [r[0].job.missing for r in again if r is not None][-2:] == [('cam_back',)] * 2
+    # every set is a published frame or one counted drop (nothing waits: the slot is emptied after each frame)
+    assert stats.frames_in == stats.frames_out + drops.total
+    assert set(drops.counts) == {'missing_calibration', 'decode_error', 'bad_pose'}

@@ -4,13 +4,9 @@ Nothing here imports rclpy; everything takes and returns message instances throu
 their field names (rosbags typestore classes in tests and tools, rclpy classes in the
 node) or builds them through a :class:`~occ_perception.messages.MessageTypes`.
 
-- :class:`RigAssembler`: the rig from the latest CameraInfo per camera and the
-  ``/tf_static`` tree (:class:`~occ_perception.frame_assembly.StaticTransforms`, chains
-  composed); names what is missing; a change of either gives a new rig (new digest), on
-  which the pipeline rebuilds its splat tables and resets the temporal cache.
-- :func:`odometry_pose_at`: the synchronised Odometry carried to the frame stamp with its twist.
-- :class:`StampWatch` and :func:`purge_newer`: input time going backwards (``ros2 bag play --loop``) empties
-  the synchroniser's queues of the stamps that can no longer pair.
+- :class:`NodeAssembly`: the replay's :class:`~occ_perception.frame_assembly.FrameAssembler` behind a lock:
+  approximate-time synchronisation, rig from CameraInfo and ``/tf_static``, ego pose (Odometry carried to the
+  frame stamp, or ``/tf``), time going backwards, a failed camera; per-camera status for diagnostics.
 - :class:`FrameSlot`: one pending frame, latest wins; the one it replaces is a drop.
 - :class:`DropCounter`: every dropped frame counted by reason (:data:`DROP_REASONS`).
 - :func:`choose_backend`: ``backend: auto`` resolution.
@@ -22,7 +18,7 @@ node) or builds them through a :class:`~occ_perception.messages.MessageTypes`.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import threading
 import time
 from collections import Counter, deque
@@ -32,14 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pyquaternion import Quaternion
 
 from .. import frame_assembly
-from ..frame_assembly import FRAME_DROP_REASONS, OUTPUT_TOPICS, FrameDrop, FrameProcessor, StaticTransforms
-from ..geometry import GeometryError, Transform
-from ..messages import MessageTypes, stamp_to_ns
+from ..frame_assembly import FRAME_DROP_REASONS, OUTPUT_TOPICS, FrameDrop, FrameProcessor
+from ..geometry import GeometryError
+from ..messages import MessageTypes
 from ..outputs import OccFrame
-from ..rig import Camera, Rig, RigError
+from ..rig import RigError
 from .params import NodeParams
 
 __all__ = [
@@ -51,21 +46,17 @@ __all__ = [
     'FrameRunner',
     'FrameSlot',
     'LogicError',
+    'NodeAssembly',
     'NodeStats',
     'RawImage',
-    'RigAssembler',
-    'StampWatch',
     'StatusReport',
+    'assembly_config',
     'backend_precision',
     'build_pipeline',
     'make_processor',
     'choose_backend',
     'diagnostic_array',
-    'frame_from_set',
     'image_topic',
-    'odometry_pose_at',
-    'pose_from_odometry',
-    'purge_newer',
     'probe_onnxruntime_providers',
     'probe_tensorrt',
     'resolve_model_path',
@@ -91,184 +82,7 @@ def image_topic(camera: str, transport: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# rig from CameraInfo and /tf_static
-
-
-def _info_key(info: Any) -> tuple[Any, ...]:
-    return (
-        str(info.header.frame_id),
-        int(info.width),
-        int(info.height),
-        tuple(float(v) for v in np.asarray(info.k, dtype=np.float64).reshape(-1)),
-        tuple(float(v) for v in np.asarray(info.p, dtype=np.float64).reshape(-1)),
-    )
-
-
-class RigAssembler:
-    """The camera rig from the latest CameraInfo of each camera and the static transform tree.
-
-    Args:
-        cameras: camera names in the network's order (the rig's order). A camera's frame is its CameraInfo's
-            ``header.frame_id``, or its name where that is empty.
-        ego_frame: the frame the extrinsics are expressed in (``base_link``).
-
-    Thread-safe: CameraInfo and TF callbacks and the inference worker may call it concurrently.
-    """
-
-    def __init__(self, cameras: Sequence[str], ego_frame: str = 'base_link') -> None:
-        self.cameras = tuple(cameras)
-        self.ego_frame = ego_frame
-        self._infos: dict[str, Any] = {}
-        self._info_keys: dict[str, tuple[Any, ...]] = {}
-        self.static = StaticTransforms()
-        self._rig: Rig | None = None
-        self._digest: str | None = None  # of the last rig assembled (kept while something goes missing)
-        self._error: str | None = None
-        self._dirty = True
-        self._lock = threading.Lock()
-        self.changes = 0  # number of times the assembled rig changed after the first one
-
-    def add_camera_info(self, camera: str, info: Any) -> bool:
-        """Store ``camera``'s CameraInfo; True when it differs from the previous one (size, K, P or frame).
-
-        Raises:
-            LogicError: ``camera`` is not one of the rig's cameras.
-        """
-        if camera not in self.cameras:
-            raise LogicError(f'CameraInfo for {camera!r}: not one of the cameras {list(self.cameras)}')
-        key = _info_key(info)
-        with self._lock:
-            if self._info_keys.get(camera) == key:
-                return False
-            self._infos[camera], self._info_keys[camera] = info, key
-            self._dirty = True
-            return True
-
-    def add_transforms(self, tf_message: Any) -> bool:
-        """Store the transforms of a tf2_msgs/TFMessage (from ``/tf_static``); True when an edge changed.
-
-        A message with a transform whose numbers are not finite or whose quaternion is zero is kept up to that
-        transform; the camera it concerns stays missing (named by :meth:`missing`).
-        """
-        with self._lock:
-            version = self.static.version
-            try:
-                self.static.add(tf_message)
-            except GeometryError:
-                pass
-            changed = self.static.version != version
-            self._dirty |= changed
-        return changed
-
-    def _frame_of(self, camera: str) -> str:
-        info = self._infos.get(camera)
-        frame = str(info.header.frame_id).lstrip('/') if info is not None else ''
-        return frame or camera
-
-    def _chain(self, frame: str) -> Transform | None:
-        """``T_ego_frame`` composed along the static tree, or None where the chain does not reach ego_frame."""
-        return self.static.lookup(self.ego_frame, frame)
-
-    @property
-    def error(self) -> str | None:
-        """Why the last assembly failed although nothing was missing (a malformed CameraInfo), or None."""
-        return self._error
-
-    def missing(self) -> list[str]:
-        """What stops the rig from being assembled, one phrase per camera ([] when complete)."""
-        with self._lock:
-            out = []
-            for cam in self.cameras:
-                if cam not in self._infos:
-                    out.append(f'{cam}/camera_info')
-                elif self._chain(self._frame_of(cam)) is None:
-                    out.append(f'/tf_static {self.ego_frame} <- {self._frame_of(cam)}')
-            if not out and self._error:
-                out.append(self._error)
-            return out
-
-    def rig(self) -> Rig | None:
-        """The current rig in camera order, or None while something is missing or malformed (see :meth:`missing`).
-
-        The same :class:`Rig` object is returned until a CameraInfo or a transform changes.
-        """
-        with self._lock:
-            if not self._dirty:
-                return self._rig
-            self._dirty = False
-            cams = []
-            for name in self.cameras:
-                info = self._infos.get(name)
-                extrinsics = self._chain(self._frame_of(name)) if info is not None else None
-                if info is None or extrinsics is None:
-                    self._rig, self._error = None, None
-                    return None
-                try:
-                    cams.append(Camera.from_camera_info(info, extrinsics, name=name))
-                except RigError as err:
-                    self._rig, self._error = None, str(err)
-                    return None
-            rig = Rig(tuple(cams))
-            digest = rig.digest()
-            if digest != self._digest:
-                self.changes += self._digest is not None
-            if digest != self._digest or self._rig is None:  # equal numbers keep the same Rig object
-                self._rig, self._digest = rig, digest
-            self._error = None
-            return self._rig
-
-
-# ---------------------------------------------------------------------------
-# ego pose
-
-
-def pose_from_odometry(msg: Any, world_frame: str, ego_frame: str) -> tuple[int, Transform]:
-    """``(stamp_ns, T_world_ego)`` of a nav_msgs/Odometry.
-
-    Raises:
-        LogicError: the header frame is not ``world_frame`` or the child frame not ``ego_frame`` (empty frames
-            are accepted), or the pose is not finite.
-    """
-    frame, child = str(msg.header.frame_id).lstrip('/'), str(msg.child_frame_id).lstrip('/')
-    if (frame and frame != world_frame) or (child and child != ego_frame):
-        raise LogicError(f'Odometry: expected {world_frame} -> {ego_frame}, got {frame!r} -> {child!r}')
-    try:
-        return stamp_to_ns(msg.header.stamp), Transform.from_msg(msg.pose.pose)
-    except GeometryError as err:
-        raise LogicError(f'Odometry pose: {err}') from err
-
-
-def _vector(v: Any) -> np.ndarray:
-    return np.array([float(v.x), float(v.y), float(v.z)], dtype=np.float64)
-
-
-def odometry_pose_at(msg: Any, stamp_ns: int, world_frame: str, ego_frame: str) -> Transform:
-    """``T_world_ego`` at ``stamp_ns`` from a nav_msgs/Odometry of a nearby stamp (the synchronised one).
-
-    The message's pose is carried over the stamp difference ``dt`` with its twist taken as constant
-    (``twist`` is in the child frame, ``ego_frame``): ``R(t + dt) = R(t) * exp(w * dt)``,
-    ``p(t + dt) = p(t) + R(t) * (v * dt)``. For the few milliseconds between a camera and an odometry
-    stamp this is far below a voxel.
-
-    Raises:
-        LogicError: other frames than ``world_frame -> ego_frame`` (empty frame ids are accepted), or a pose
-            or twist that is not finite.
-    """
-    _, pose = pose_from_odometry(msg, world_frame, ego_frame)
-    linear, angular = _vector(msg.twist.twist.linear), _vector(msg.twist.twist.angular)
-    if not (np.all(np.isfinite(linear)) and np.all(np.isfinite(angular))):
-        raise LogicError(f'Odometry twist: expected finite values, got {linear.tolist()}, {angular.tolist()}')
-    dt = (int(stamp_ns) - stamp_to_ns(msg.header.stamp)) / NS
-    if dt == 0.0:
-        return pose
-    rotvec = angular * dt
-    angle = float(np.linalg.norm(rotvec))
-    delta = Quaternion(axis=rotvec / angle, angle=angle) if angle > 0 else Quaternion()
-    return Transform(pose.rotation * delta, pose.translation + pose.rotation.rotate(linear * dt))
-
-
-# ---------------------------------------------------------------------------
-# frames, hand-over to the worker, drops
+# images and frames
 
 
 @dataclass(frozen=True)
@@ -313,79 +127,119 @@ def raw_converter(bridge: Any) -> Callable[[Any], RawImage]:
 
 @dataclass(frozen=True)
 class Frame:
-    """One synchronised set of camera images.
+    """A synchronised frame on its way to the inference worker.
 
     Attributes:
-        stamp_ns: the frame's stamp, the ``cam_front`` image's (else the first camera's) [ns].
-        images: camera name -> image message (CompressedImage, Image or :class:`RawImage`), in rig order.
-        spread_ns: largest minus smallest image stamp [ns].
-        odom: the synchronised nav_msgs/Odometry (``pose_source: odom``), or None.
+        job: the assembler's frame (images in rig order, None for a failed camera; pose; rig).
         received: monotonic time [s] the set was completed.
     """
 
-    stamp_ns: int
-    images: dict[str, Any]
-    spread_ns: int
-    odom: Any = None
+    job: frame_assembly.Frame
     received: float = field(default_factory=time.monotonic)
 
+    @property
+    def stamp_ns(self) -> int:
+        return self.job.stamp_ns
 
-def frame_from_set(cameras: Sequence[str], messages: Sequence[Any]) -> Frame:
-    """A :class:`Frame` from the synchroniser's output: one image per camera in ``cameras`` order, then the
-    Odometry where it is a synchroniser input (``pose_source: odom``).
 
-    Raises:
-        LogicError: the count is neither ``len(cameras)`` nor ``len(cameras) + 1``.
+def assembly_config(params: NodeParams) -> frame_assembly.AssemblyConfig:
+    """The node's :class:`~occ_perception.frame_assembly.AssemblyConfig`: cameras, ``sync_queue_size``,
+    ``sync_slop`` [s], ``pose_source``, frames, ``tf_timeout`` [s] as ``tf_wait`` and ``camera_timeout`` [s]."""
+    return frame_assembly.AssemblyConfig(
+        cameras=params.cameras,
+        queue_size=params.sync_queue_size,
+        slop=params.sync_slop,
+        camera_timeout=params.camera_timeout,
+        pose_source=params.pose_source,
+        ego_frame=params.ego_frame,
+        world_frame=params.world_frame,
+        tf_wait=params.tf_timeout,
+    )
+
+
+class NodeAssembly:
+    """The node's :class:`~occ_perception.frame_assembly.FrameAssembler` behind one lock (subscription callbacks on
+    the executor thread, diagnostics on a timer), handing each frame to the worker's :class:`FrameSlot`.
+
+    Messages are only stored and synchronised here; images are decoded by the worker, so callbacks stay cheap.
+    Every synchronised set ends as a frame in the slot or one drop in ``drops`` (the assembler's frame drop
+    reasons); messages that end in no set are the assembler's sync drops (:func:`frame_accounting`).
+
+    Args:
+        params: the node's parameters (see :func:`assembly_config`).
+        slot: where frames go (latest wins).
+        drops, stats: where frames are counted.
     """
-    n = len(cameras)
-    if len(messages) not in (n, n + 1):
-        raise LogicError(f'synchronised set: {len(messages)} messages for cameras {list(cameras)} (and odom)')
-    images = messages[:n]
-    stamps = [stamp_to_ns(m.header.stamp) for m in messages]
-    anchor = list(cameras).index('cam_front') if 'cam_front' in cameras else 0
-    odom = messages[n] if len(messages) > n else None
-    return Frame(stamps[anchor], dict(zip(cameras, images)), max(stamps) - min(stamps), odom)
 
+    def __init__(self, params: NodeParams, slot: FrameSlot, drops: DropCounter, stats: NodeStats) -> None:
+        self.assembler = frame_assembly.FrameAssembler(assembly_config(params))
+        self.slot = slot
+        self.drops = drops
+        self.stats = stats
+        self.lock = threading.Lock()
 
-class StampWatch:
-    """Notices an input whose header stamps go backwards (a bag replayed with ``--loop``, a restarted simulation).
+    def _hand_over(self, events: Sequence[frame_assembly.Frame | FrameDrop]) -> None:
+        for event in events:
+            if isinstance(event, frame_assembly.Frame):
+                self.stats.frame()
+                self.slot.put(Frame(event))
+            elif event.stage == 'frame':
+                self.stats.frame()
+                self.drops.drop(event.reason, event.detail)
 
-    Each input keeps its newest stamp; :meth:`observe` says when a stamp is older than that by more than
-    ``tolerance_ns``. Thread-safe.
-    """
+    def image(self, camera: str, msg: Any) -> None:
+        """A camera's image message (CompressedImage or Image), stored undecoded."""
+        self.stats.arrived(camera)
+        with self.lock:
+            self._hand_over(self.assembler.add_image(camera, msg))
 
-    def __init__(self, tolerance_ns: int = 0) -> None:
-        self.tolerance_ns = int(tolerance_ns)
-        self.latest: dict[str, int] = {}
-        self.jumps = 0  # inputs seen going backwards so far
-        self._lock = threading.Lock()
+    def odom(self, msg: Any) -> None:
+        """A nav_msgs/Odometry (pose_source odom: the 7th synchronised input)."""
+        self.stats.arrived('odom')
+        with self.lock:
+            self._hand_over(self.assembler.add_odom(msg))
 
-    def observe(self, name: str, stamp_ns: int) -> bool:
-        """Record ``stamp_ns`` [ns] of input ``name``; True when it went backwards (then it is the new newest)."""
-        with self._lock:
-            previous = self.latest.get(name)
-            self.latest[name] = stamp_ns
-            if previous is not None and stamp_ns < previous - self.tolerance_ns:
-                self.jumps += 1
-                return True
-            return False
+    def tf(self, msg: Any) -> None:
+        """A tf2_msgs/TFMessage from ``/tf`` (pose_source tf: world_frame -> ego_frame poses)."""
+        with self.lock:
+            self._hand_over(self.assembler.add_tf(msg))
 
+    def camera_info(self, camera: str, msg: Any) -> None:
+        """A sensor_msgs/CameraInfo of ``camera`` (the newest one builds the rig)."""
+        with self.lock:
+            self.assembler.add_camera_info(camera, msg)
 
-def purge_newer(queues: Sequence[dict[int, Any]], stamp_ns: int, lock: Any = None) -> int:
-    """Remove from synchroniser queues (stamp [ns] -> message, as message_filters keeps them) every entry newer
-    than ``stamp_ns``, holding ``lock`` (the synchroniser's, or None) meanwhile; returns how many went.
+    def tf_static(self, msg: Any) -> None:
+        """A tf2_msgs/TFMessage from ``/tf_static`` (ego_frame <- camera frames)."""
+        with self.lock:
+            self.assembler.add_tf_static(msg)
 
-    After time went backwards these entries are newer than anything that will arrive: the
-    ApproximateTimeSynchronizer would pair nothing with them, and with full queues it drops each new message
-    as the oldest, so the node would stop producing frames.
-    """
-    removed = 0
-    with lock if lock is not None else contextlib.nullcontext():
-        for queue in queues:
-            for key in [k for k in queue if k > stamp_ns]:
-                del queue[key]
-                removed += 1
-    return removed
+    def rig_missing(self) -> list[str]:
+        """What keeps the rig from being built (empty when it is complete): missing or malformed calibration."""
+        with self.lock:
+            try:
+                self.assembler.rig()
+            except frame_assembly.AssemblyError as err:
+                return [str(err).split(': ', 1)[-1]]
+            except (RigError, GeometryError) as err:
+                return [f'bad calibration: {err}']
+        return []
+
+    def reports(self, processor: FrameProcessor) -> list[StatusReport]:
+        """Per camera :func:`~occ_perception.frame_assembly.camera_status` (on the stamps' clock: the newest stamp
+        fed) and the synchroniser's counts from :func:`~occ_perception.frame_assembly.frame_accounting`."""
+        with self.lock:
+            now = self.assembler.newest_ns
+            cameras = [] if now is None else frame_assembly.camera_status(self.assembler, now)
+            acc = frame_assembly.frame_accounting(self.assembler, processor)
+        out = [StatusReport(f'occ_node: camera {cam}', level, text, ()) for cam, level, text in cameras]
+        values = [(k, str(acc[k])) for k in ('sync_inputs', 'sets', 'queued', 'time_jumps')]
+        values += [(f'sync drops {r}', str(n)) for r, n in acc['sync_drops'].items()]
+        values += [(f'frames without {c}', str(n)) for c, n in acc['missing_camera_frames'].items()]
+        failed = [cam for cam, level, _ in cameras if level != 'OK']
+        level, text = ('WARN', 'frames without ' + ', '.join(failed)) if failed else ('OK', f'{acc["sets"]} sets')
+        out.append(StatusReport('occ_node: synchroniser', level, text, tuple(values)))
+        return out
 
 
 class DropCounter:
@@ -612,7 +466,12 @@ def build_pipeline(
         path, config, backend=choice.backend, threads=params.threads, device=choice.device, precision=params.precision
     )
     pipeline = OccPipeline(
-        backend, config, temporal, preprocess_threads=params.preprocess_threads, confidence=params.publish_confidence
+        backend,
+        config,
+        temporal,
+        preprocess_threads=params.preprocess_threads,
+        confidence=params.publish_confidence,
+        failed_camera_mode=params.failed_camera_mode,
     )
     return pipeline, choice
 
@@ -666,31 +525,22 @@ class FrameRunner:
 
     Args:
         processor: the FrameProcessor (pipeline, message classes, markers rate, costmap options).
-        rigs: where the current rig comes from.
-        pose_at: frame -> ``T_world_ego`` at its stamp (:func:`odometry_pose_at` of its odometry, or a TF lookup).
-            A :class:`LogicError` or :class:`~occ_perception.geometry.GeometryError` it raises makes the frame a
-            ``bad_pose`` drop, any other exception (tf2's lookup exceptions) a ``missing_pose`` drop.
         stats, drops: where the frame is counted.
-        convert: applied to each image before preprocessing (cv_bridge for raw images), or None.
+        convert: applied to each present image before preprocessing (cv_bridge for raw images), or None.
     """
 
     def __init__(
         self,
         processor: FrameProcessor,
-        rigs: RigAssembler,
-        pose_at: Callable[[Frame], Transform],
         stats: NodeStats,
         drops: DropCounter,
         convert: Callable[[Any], Any] | None = None,
     ) -> None:
         self.processor = processor
         self.pipeline = processor.pipeline
-        self.rigs = rigs
-        self.pose_at = pose_at
         self.stats = stats
         self.drops = drops
         self.convert = convert
-        self.last_pose_problem: str | None = None
         self.last_reset: str | None = None  # the temporal cache's reset reason at the last published frame
         self._reset = threading.Event()
 
@@ -709,30 +559,14 @@ class FrameRunner:
             self._reset.clear()
             self.pipeline.reset()
             self.stats.requested_reset()
-        rig = self.rigs.rig()
-        if rig is None:
-            if self.rigs.error:
-                return self._drop('bad_calibration', self.rigs.error)
-            return self._drop('missing_calibration', 'waiting for ' + ', '.join(self.rigs.missing()))
-        try:
-            pose = self.pose_at(frame)
-        except Exception as err:  # LogicError (bad odometry) or tf2's lookup exceptions: this frame has no pose
-            self.last_pose_problem = f'{type(err).__name__}: {err}'
-            reason = 'bad_pose' if isinstance(err, (LogicError, GeometryError)) else 'missing_pose'
-            return self._drop(reason, self.last_pose_problem)
-        self.last_pose_problem = None
-        images = [frame.images[name] for name in rig.names]
+        job = frame.job
         if self.convert is not None:
             try:
-                images = [self.convert(msg) for msg in images]
+                images = tuple(None if m is None else self.convert(m) for m in job.images)
             except Exception as err:  # cv_bridge raises CvBridgeError or TypeError on unknown encodings
                 return self._drop('decode_error', f'{type(err).__name__}: {err}')
-        ready = frame.stamp_ns + frame.spread_ns
-        job = frame_assembly.Frame(frame.stamp_ns, tuple(images), pose, rig, (frame.stamp_ns,), ready)
-        try:
-            result = self.processor.process(job)
-        except Exception as err:  # anything else one frame can raise; the node keeps running
-            return self._drop('pipeline_error', f'{type(err).__name__}: {err}')
+            job = dataclasses.replace(job, images=images)
+        result = self.processor.process(job)  # never raises: errors come back as a FrameDrop
         if isinstance(result, FrameDrop):
             return self._drop(result.reason, result.detail)
         self.stats.published(result.occ, time.monotonic() - frame.received, timings=result.timings)

@@ -1,8 +1,8 @@
 """The ``occ_node`` entry point: rclpy glue over the ROS-free :mod:`.logic` and :mod:`.params` (topics: DESIGN.md 4).
 
-Six cameras (and ``odom``) through message_filters' ApproximateTimeSynchronizer, whose callback runs under its
-lock and only hands the frame to the inference thread (latest frame wins); ``<camera>/camera_info`` and
-``/tf_static`` for the rig; outputs ``occupancy/*`` and ``/diagnostics``; service ``~/reset``.
+Six cameras (and ``odom``, or ``/tf``) into the replay's FrameAssembler (:class:`logic.NodeAssembly`: approximate-time
+sync, time going backwards, a failed camera), whose frames go to the inference thread (latest frame wins);
+``<camera>/camera_info`` and ``/tf_static`` for the rig; outputs ``occupancy/*`` and ``/diagnostics``; ``~/reset``.
 """
 
 from __future__ import annotations
@@ -11,22 +11,19 @@ import sys
 import threading
 from typing import Any
 
-from ..geometry import Transform
-from ..messages import MessageTypes, stamp_to_ns
+from ..messages import MessageTypes
 from . import logic
 from .params import PARAMS, NodeParams, ParamError, param_descriptor, validate_params
 
 try:
-    import message_filters
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import Odometry
-    from rclpy.duration import Duration
+    from rclpy.clock import Clock, ClockType
     from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-    from rclpy.time import Time
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
     from std_srvs.srv import Trigger
     from tf2_msgs.msg import TFMessage
@@ -37,6 +34,7 @@ except ImportError as err:  # no ROS 2 sourced: main() says so; the module still
     Node = object
 
 OUTPUT_QOS_DEPTH = 2
+TF_QOS_DEPTH = 10  # /tf keeps up (newest 10) rather than queue behind the cameras
 
 
 class StartupError(RuntimeError):
@@ -62,8 +60,7 @@ class OccNode(Node):
         self.drops = logic.DropCounter()
         self.stats = logic.NodeStats([*p.cameras] + (['odom'] if p.pose_source == 'odom' else []))
         self.slot = logic.FrameSlot(self.drops)
-        self.rigs = logic.RigAssembler(p.cameras, p.ego_frame)
-        self.watch = logic.StampWatch()
+        self.assembly = logic.NodeAssembly(p, self.slot, self.drops, self.stats)
         out_qos = QoSProfile(depth=OUTPUT_QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
         self.pubs = {
             topic: self.create_publisher(self.types.resolve(msg_type), topic, out_qos)
@@ -72,47 +69,39 @@ class OccNode(Node):
         }
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
-        pose_at = self._odom_pose
-        if p.pose_source == 'tf':
-            import tf2_ros
-
-            self.tf_buffer = tf2_ros.Buffer()
-            self.tf_listener = tf2_ros.TransformListener(self.tf_buffer, self)
-            pose_at = self._tf_pose
         convert = None
         if p.image_transport == 'raw':
             from cv_bridge import CvBridge
 
             convert = logic.raw_converter(CvBridge())
-        processor = logic.make_processor(self.pipeline, self.types, p, voxels)
-        self.runner = logic.FrameRunner(processor, self.rigs, pose_at, self.stats, self.drops, convert)
+        self.processor = logic.make_processor(self.pipeline, self.types, p, voxels)
+        self.runner = logic.FrameRunner(self.processor, self.stats, self.drops, convert)
 
         image_type = CompressedImage if p.image_transport == 'compressed' else Image
-        self.image_subs = []
-        for cam in p.cameras:
-            sub = message_filters.Subscriber(
-                self, image_type, logic.image_topic(cam, p.image_transport), qos_profile=qos_profile_sensor_data
+        for cam in p.cameras:  # callbacks only store the message (decoding is the worker's)
+            self.create_subscription(
+                image_type,
+                logic.image_topic(cam, p.image_transport),
+                lambda msg, cam=cam: self.assembly.image(cam, msg),
+                qos_profile_sensor_data,
             )
-            sub.registerCallback(self._on_image, cam)
-            self.image_subs.append(sub)
             self.create_subscription(
                 CameraInfo,
                 f'{cam}/camera_info',
-                lambda msg, cam=cam: self.rigs.add_camera_info(cam, msg),
+                lambda msg, cam=cam: self.assembly.camera_info(cam, msg),
                 qos_profile_sensor_data,
             )
         if p.pose_source == 'odom':  # the ego pose is the 7th synchronised input
-            sub = message_filters.Subscriber(self, Odometry, 'odom', qos_profile=qos_profile_sensor_data)
-            sub.registerCallback(self._on_image, 'odom')
-            self.image_subs.append(sub)
-        self.sync = message_filters.ApproximateTimeSynchronizer(self.image_subs, p.sync_queue_size, p.sync_slop)
-        self.sync.registerCallback(self._on_set)
+            self.create_subscription(Odometry, 'odom', self.assembly.odom, qos_profile_sensor_data)
+        else:  # a shallow queue: the executor takes one /tf message per camera image, a deep one would lag
+            self.create_subscription(TFMessage, '/tf', self.assembly.tf, QoSProfile(depth=TF_QOS_DEPTH))
         static_qos = QoSProfile(
             depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
         )
-        self.create_subscription(TFMessage, '/tf_static', self.rigs.add_transforms, static_qos)
+        self.create_subscription(TFMessage, '/tf_static', self.assembly.tf_static, static_qos)
         self.create_service(Trigger, '~/reset', self._on_reset)
-        self.create_timer(p.diagnostics_period, self._on_timer)
+        # steady time: diagnostics also go out with use_sim_time before (or without) /clock, and across bag loops
+        self.create_timer(p.diagnostics_period, self._on_timer, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name='occ_inference', daemon=True)
@@ -134,27 +123,13 @@ class OccNode(Node):
 
     # --- callbacks (executor thread)
 
-    def _on_image(self, msg: Any, name: str) -> None:
-        """Before the synchroniser sees ``msg``: count it; after a loop purge the stamps that cannot pair."""
-        self.stats.arrived(name)
-        stamp = stamp_to_ns(msg.header.stamp)
-        if self.watch.observe(name, stamp):
-            removed = logic.purge_newer(self.sync.queues, stamp, self.sync.lock)
-            text = f'{name} went back in time to {stamp * 1e-9:.3f} s: {removed} queued input(s) purged'
-            self.get_logger().info(text, throttle_duration_sec=2.0)
-
-    def _on_set(self, *images: Any) -> None:
-        """Under the synchroniser's lock: hand the frame over, never process it here."""
-        self.stats.frame()
-        self.slot.put(logic.frame_from_set(self.params.cameras, images))
-
     def _on_reset(self, _request: Any, response: Any) -> Any:
         self.runner.request_reset()
         response.success, response.message = True, 'the temporal cache is reset before the next frame'
         return response
 
     def _on_timer(self) -> None:
-        missing = self.rigs.missing()
+        missing = self.assembly.rig_missing()
         if missing:
             self.get_logger().warning('waiting for ' + ', '.join(missing), throttle_duration_sec=5.0)
         reports = logic.node_reports(
@@ -164,23 +139,9 @@ class OccNode(Node):
             self.params,
             self.pipeline.cache,
             missing,
-            self.runner.last_pose_problem,
-        )
+            None,
+        ) + self.assembly.reports(self.processor)
         self.diag_pub.publish(logic.diagnostic_array(self.types, self.get_clock().now().nanoseconds, reports))
-
-    # --- pose sources (inference thread)
-
-    def _odom_pose(self, frame: Any) -> Any:
-        return logic.odometry_pose_at(frame.odom, frame.stamp_ns, self.params.world_frame, self.params.ego_frame)
-
-    def _tf_pose(self, frame: Any) -> Any:
-        t = self.tf_buffer.lookup_transform(
-            self.params.world_frame,
-            self.params.ego_frame,
-            Time(nanoseconds=frame.stamp_ns),
-            timeout=Duration(seconds=self.params.tf_timeout),
-        )
-        return Transform.from_msg(t.transform)
 
     # --- inference thread
 

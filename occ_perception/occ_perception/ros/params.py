@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 BACKEND_CHOICES: tuple[str, ...] = ('auto', 'tensorrt', 'onnxruntime', 'torch')
+FAILED_CAMERA_MODES: tuple[str, ...] = ('mask_tables', 'blank_image')  # pipeline.FAILED_CAMERA_MODES (a test checks)
 KINDS = ('bool', 'integer', 'double', 'string', 'string_array')
 
 
@@ -129,6 +130,21 @@ PARAMS: tuple[ParamSpec, ...] = (
         'tf_timeout', 'double', 0.2, 'pose_source tf: how long a frame waits for its transform [s]', low=0.0, high=5.0
     ),
     ParamSpec(
+        'camera_timeout',
+        'double',
+        1.0,
+        'a camera silent this long [s] of newer stamps is failed: frames go on without it (0: wait for all cameras)',
+        low=0.0,
+        high=60.0,
+    ),
+    ParamSpec(
+        'failed_camera_mode',
+        'string',
+        'mask_tables',
+        'frames without a failed camera: mask_tables zeroes its splat entries, blank_image feeds it black',
+        choices=FAILED_CAMERA_MODES,
+    ),
+    ParamSpec(
         'backend',
         'string',
         'auto',
@@ -226,6 +242,8 @@ class NodeParams:
     sync_queue_size: int
     sync_slop: float
     tf_timeout: float
+    camera_timeout: float
+    failed_camera_mode: str
     backend: str
     device: str
     model: str
