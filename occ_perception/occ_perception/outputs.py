@@ -290,18 +290,19 @@ _DYNAMIC[[c.label for c in CLASSES if c.dynamic]] = True
 
 
 def _moving_columns(frame: OccFrame, min_speed: float) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3) (ix, iy, iz) of the highest voxel of a movable class (``ClassInfo.dynamic``: vehicles, bicycles,
-    pedestrians) faster than ``min_speed`` [m/s] in each (x, y) column that has one, and its (N, 2) (vx, vy).
+    """(N, 3) (ix, iy, iz) of the highest occupied voxel of each (x, y) column when it is of a movable class
+    (``ClassInfo.dynamic``: vehicles, bicycles, pedestrians) and faster than ``min_speed`` [m/s], and its (N, 2)
+    (vx, vy).
 
-    Flow predicted on static classes (ground, buildings) is not drawn: it has no ground truth (Occ3D flow is
-    zero there) and would only show the flow head's noise."""
+    The highest occupied voxel is what the top view and a planner see; flow on static classes has no ground truth
+    (Occ3D flow is zero there), and voxels under the surface are unobserved, so neither is drawn."""
     assert frame.flow is not None
-    occupied = frame.occupied_indices
-    occupied = occupied[_DYNAMIC[frame.labels.reshape(-1)[occupied]]]
-    vel = gather_pairs(frame.flow, occupied)
-    fast = occupied[np.hypot(vel[:, 0], vel[:, 1]) > min_speed]  # ascending flat index: z grows within a column
-    column = fast // frame.grid.shape[2]
-    top = fast[np.append(column[1:] != column[:-1], True)] if fast.size else fast
+    occupied = frame.occupied_indices  # ascending flat index: z grows within a column
+    column = occupied // frame.grid.shape[2]
+    top = occupied[np.append(column[1:] != column[:-1], True)] if occupied.size else occupied
+    top = top[_DYNAMIC[frame.labels.reshape(-1)[top]]]
+    vel = gather_pairs(frame.flow, top)
+    top = top[np.hypot(vel[:, 0], vel[:, 1]) > min_speed]
     ix, iy, iz = frame.grid.unflatten(top)
     return np.stack([ix, iy, iz], axis=1), frame.flow.reshape(-1, 2)[top]
 

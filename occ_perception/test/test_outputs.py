@@ -196,7 +196,12 @@ def test_markers_one_cube_list_per_class_and_flow_lines(distro):
         assert inside.all() and len(m.points) == int((surface & (labels == m.id)).sum())
         assert np.all(labels[tuple(index.T)] == m.id) and surface[tuple(index.T)].all()
     assert lines.type == marker_cls.LINE_LIST and lines.ns == 'occupancy/flow'
-    assert len(lines.points) == 6 * 5 * 6  # one arrow (shaft + two head strokes) per column of the car box
+    occupied = (labels != FREE_LABEL) & (labels != 255)
+    top_z = np.where(occupied.any(-1), grid.shape[2] - 1 - np.argmax(occupied[..., ::-1], axis=-1), -1)
+    car_on_top = (labels[4:9, 3:9, 6] == CAR) & (top_z[4:9, 3:9] == 6)  # the car is the column's highest voxel
+    assert 20 <= car_on_top.sum() < 30  # some scattered voxels sit above the car
+    # one arrow (shaft + two head strokes) per column whose highest voxel is the car
+    assert len(lines.points) == int(car_on_top.sum()) * 6
     strokes = np.array([[p.x, p.y, p.z] for p in lines.points]).reshape(-1, 3, 2, 3)
     seg = strokes[:, 0]  # shafts
     # head strokes start at the tip and point back along the shaft, symmetric about it

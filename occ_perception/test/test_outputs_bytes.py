@@ -178,14 +178,12 @@ class Ref:
         speed = np.hypot(f.flow[..., 0], f.flow[..., 1])
         for ix in range(self.grid.shape[0]):
             for iy in range(self.grid.shape[1]):
-                moving = [
-                    iz
-                    for iz in range(self.grid.shape[2])
-                    if occ[ix, iy, iz] and CLASSES[f.labels[ix, iy, iz]].dynamic and speed[ix, iy, iz] > 0.5
-                ]
-                if not moving:
+                filled = [iz for iz in range(self.grid.shape[2]) if occ[ix, iy, iz]]
+                if not filled:
                     continue
-                iz = moving[-1]
+                iz = filled[-1]  # the highest occupied voxel, drawn only when movable and fast
+                if not CLASSES[f.labels[ix, iy, iz]].dynamic or speed[ix, iy, iz] <= 0.5:
+                    continue
                 start = self.center(ix, iy, iz)
                 vx, vy = (float(a) for a in f.flow[ix, iy, iz])
                 end = (start[0] + vx * 1.0, start[1] + vy * 1.0, start[2])
