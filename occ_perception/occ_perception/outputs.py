@@ -307,6 +307,40 @@ def _moving_columns(frame: OccFrame, min_speed: float) -> tuple[np.ndarray, np.n
     return np.stack([ix, iy, iz], axis=1), frame.flow.reshape(-1, 2)[top]
 
 
+def _flow_marker(
+    frame: OccFrame, types: MessageTypes, header: Any, ns: str, min_speed: float, arrow_seconds: float
+) -> Any:
+    """One LINE_LIST of flow arrows (shaft over ``arrow_seconds`` of motion and two head strokes, a quarter of the
+    shaft long and 25 degrees off it) for the columns of :func:`_moving_columns`."""
+    assert frame.flow is not None
+    marker_cls = types.resolve('visualization_msgs/msg/Marker')
+    v = frame.grid.voxel_size
+    idx, vel = _moving_columns(frame, min_speed)
+    start = np.asarray(frame.grid.lower) + (idx + 0.5) * v
+    end = start.copy()
+    end[:, :2] += vel * arrow_seconds
+    back = (start - end)[:, :2] * 0.25
+    c, s_ = np.cos(np.radians(25.0)), np.sin(np.radians(25.0))
+    heads = []
+    for sign in (1.0, -1.0):
+        tip = end.copy()
+        tip[:, 0] += c * back[:, 0] - sign * s_ * back[:, 1]
+        tip[:, 1] += sign * s_ * back[:, 0] + c * back[:, 1]
+        heads.append(tip)
+    segments = np.stack([start, end, end, heads[0], end, heads[1]], axis=1).reshape(-1, 3)
+    return _marker(
+        types,
+        header,
+        ns,
+        0,
+        marker_cls.LINE_LIST,
+        marker_cls.ADD,
+        (0.1 * v, 0, 0),
+        (1.0, 1.0, 1.0, 1.0),
+        _points(types, segments),
+    )
+
+
 class VoxelPointCache:
     """geometry_msgs/Point objects of voxel centres, made once per voxel and reused by later marker arrays.
 
@@ -378,33 +412,7 @@ def marker_array_msg(
             _marker(types, header, ns, label, marker_cls.CUBE_LIST, marker_cls.ADD, (v, v, v), rgba, points[a:b])
         )
     if frame.flow is not None:
-        idx, vel = _moving_columns(frame, min_speed)
-        start = np.asarray(frame.grid.lower) + (idx + 0.5) * v
-        end = start.copy()
-        end[:, :2] += vel * arrow_seconds
-        # arrow heads: two strokes back from the tip, a quarter of the shaft long, 25 degrees off it
-        back = (start - end)[:, :2] * 0.25
-        c, s_ = np.cos(np.radians(25.0)), np.sin(np.radians(25.0))
-        heads = []
-        for sign in (1.0, -1.0):
-            tip = end.copy()
-            tip[:, 0] += c * back[:, 0] - sign * s_ * back[:, 1]
-            tip[:, 1] += sign * s_ * back[:, 0] + c * back[:, 1]
-            heads.append(tip)
-        segments = np.stack([start, end, end, heads[0], end, heads[1]], axis=1).reshape(-1, 3)
-        markers.append(
-            _marker(
-                types,
-                header,
-                f'{ns}/flow',
-                0,
-                marker_cls.LINE_LIST,
-                marker_cls.ADD,
-                (0.1 * v, 0, 0),
-                (1.0, 1.0, 1.0, 1.0),
-                _points(types, segments),
-            )
-        )
+        markers.append(_flow_marker(frame, types, header, f'{ns}/flow', min_speed, arrow_seconds))
     return types.make('visualization_msgs/msg/MarkerArray', markers=markers)
 
 

@@ -32,7 +32,7 @@ from ..grid import CLASS_NAMES, FREE_LABEL, class_colors
 from ..messages import MSG_PACKAGE, MessageTypes
 from ..messages import _grid_info as grid_info_msg
 from ..model.splat_tables import splat_table_names
-from ..outputs import OccFrame, _marker, _moving_columns, _points
+from ..outputs import OccFrame, _flow_marker, _marker
 
 __all__ = [
     'BaselineError',
@@ -260,22 +260,5 @@ def naive_marker_array_msg(frame: OccFrame, types: MessageTypes, ns: str = 'occu
             _marker(types, header, ns, label, marker_cls.CUBE_LIST, marker_cls.ADD, (v, v, v), rgba, per_class[label])
         )
     if frame.flow is not None:
-        idx, vel = _moving_columns(frame, min_speed)
-        start = np.asarray(lower) + (idx + 0.5) * v
-        end = start.copy()
-        end[:, :2] += vel
-        segments = np.stack([start, end], axis=1).reshape(-1, 3)
-        markers.append(
-            _marker(
-                types,
-                header,
-                f'{ns}/flow',
-                0,
-                marker_cls.LINE_LIST,
-                marker_cls.ADD,
-                (0.1 * v, 0, 0),
-                (1.0, 1.0, 1.0, 1.0),
-                _points(types, segments),
-            )
-        )
+        markers.append(_flow_marker(frame, types, header, f'{ns}/flow', min_speed, 1.0))
     return types.make('visualization_msgs/msg/MarkerArray', markers=markers)
