@@ -415,29 +415,21 @@ def surface_tiles(
     x, rest = np.divmod(flat, sy * sz)
     y, z = np.divmod(rest, sz)
     left = np.ones(flat.size, dtype=bool)
-    lab = labels.astype(np.int64)
     out: list[tuple[int, np.ndarray, np.ndarray]] = []
     for t in tiles:
         tx, ty = sx // t, sy // t
-        ok = left & (x < tx * t) & (y < ty * t)
-        key = ((x // t) * ty + y // t) * sz + z
-        size = tx * ty * sz
-        count = np.bincount(key[ok], minlength=size)
-        total = np.bincount(key[ok], weights=lab[ok], minlength=size)
-        square = np.bincount(key[ok], weights=lab[ok] ** 2, minlength=size)
-        # all t*t voxels present and one label: the labels' variance is 0 (exact: small integers in float64)
-        full = (count == t * t) & (square * (t * t) == total * total)
-        covered = ok.copy()
-        covered[ok] = full[key[ok]]
-        if covered.any():
-            keys = np.flatnonzero(full)
-            kx, rest_k = np.divmod(keys, ty * sz)
-            ky, kz = np.divmod(rest_k, sz)
-            first = (kx * t * sy + ky * t) * sz + kz
-            out.append((t, first, (total[keys] / (t * t)).astype(np.uint8)))
-        else:
-            out.append((t, np.zeros(0, np.intp), np.zeros(0, np.uint8)))
-        left &= ~covered
+        idx = np.flatnonzero(left & (x < tx * t) & (y < ty * t))  # candidates: not covered, in whole blocks
+        key = ((x[idx] // t) * ty + y[idx] // t) * sz + z[idx]
+        ref = np.zeros(tx * ty * sz, dtype=labels.dtype)
+        ref[key] = labels[idx]  # one member's label per block
+        match = labels[idx] == ref[key]
+        # t*t distinct members all carrying that label: the block is whole and uniform
+        full = np.bincount(key[match], minlength=ref.size) == t * t
+        keys = np.flatnonzero(full)
+        kx, rest_k = np.divmod(keys, ty * sz)
+        ky, kz = np.divmod(rest_k, sz)
+        out.append((t, (kx * t * sy + ky * t) * sz + kz, ref[keys]))
+        left[idx[full[key]]] = False
     out.append((1, flat[left], labels[left]))
     return out
 
