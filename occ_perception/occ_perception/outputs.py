@@ -388,7 +388,7 @@ class VoxelPointCache:
         return points[flat].tolist()
 
 
-MARKER_TILES: tuple[int, ...] = (4, 2)
+MARKER_TILES: tuple[int, ...] = (8, 4, 2)
 """Tile edges [voxels] that :func:`marker_array_msg` merges uniform surface patches into, largest first."""
 TILE_ID_STRIDE = 256
 """Marker id of a class's ``tile`` x ``tile`` CUBE_LIST: ``label + TILE_ID_STRIDE * tile`` (1 x 1: the label)."""
@@ -448,7 +448,7 @@ def marker_array_msg(
 
     Markers: a DELETEALL first (stale classes vanish), then the surface voxels (:func:`surface_mask`) as
     CUBE_LISTs in the class colour, namespace ``ns``: uniform horizontal patches merged into ``tiles``
-    (:func:`surface_tiles`; 4 x 4 and 2 x 2 voxels by default, so flat ground costs a fraction of the
+    (:func:`surface_tiles`; 8 x 8, 4 x 4 and 2 x 2 voxels by default, so flat ground costs a fraction of the
     points: publishing Point objects is what a MarkerArray costs in rclpy), one CUBE_LIST per class and
     tile size with cube size (t * v, t * v, v) and id ``label + TILE_ID_STRIDE * t``, and the remaining
     single voxels with cube edge v and id = label (``tiles=()``: every surface voxel on its own); then,

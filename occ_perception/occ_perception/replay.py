@@ -218,8 +218,9 @@ def memory_summary(rss: Sequence[int], settle: int = 100) -> dict[str, Any]:
 
     Returns:
         ``frames`` (samples), ``rss_mb_first`` (after frame 1), ``rss_mb_settled`` (after frame ``settle``),
-        ``rss_mb_last``, ``rss_mb_max_after_settled`` and ``growth_after_settled_pct`` (last over settled,
-        in percent); only ``frames`` when there are no more than ``settle`` samples.
+        ``rss_mb_last``, ``rss_mb_max_after_settled``, ``growth_after_settled_pct`` (last over settled, in
+        percent), ``max_growth_after_settled_pct`` and ``rss_mb_every`` (after frames ``settle``, ``2 *
+        settle``, ...); only ``frames`` and ``settle_frames`` when there are no more than ``settle`` samples.
     """
     out: dict[str, Any] = {'frames': len(rss), 'settle_frames': settle}
     if len(rss) <= settle:
@@ -233,6 +234,7 @@ def memory_summary(rss: Sequence[int], settle: int = 100) -> dict[str, Any]:
         rss_mb_max_after_settled=float(mb[settle - 1 :].max()),
         growth_after_settled_pct=100.0 * (float(mb[-1]) - settled) / settled,
         max_growth_after_settled_pct=100.0 * (float(mb[settle - 1 :].max()) - settled) / settled,
+        rss_mb_every=[round(float(v), 1) for v in mb[settle - 1 :: settle]],
     )
     return out
 

@@ -193,7 +193,7 @@ def test_markers_one_cube_list_per_class_and_flow_lines(distro):
     for m in cubes:
         assert m.type == marker_cls.CUBE_LIST and m.action == marker_cls.ADD and m.ns == 'occupancy'
         label, t = m.id % TILE_ID_STRIDE, max(1, m.id // TILE_ID_STRIDE)
-        assert t in (1, 2, 4) and m.header.frame_id == 'base_link'
+        assert t in (1, 2, 4, 8) and m.header.frame_id == 'base_link'
         assert (m.scale.x, m.scale.y, m.scale.z) == pytest.approx((0.4 * t, 0.4 * t, 0.4))
         np.testing.assert_allclose([m.color.r, m.color.g, m.color.b], colors[label] / 255.0, atol=1e-6)
         xyz = np.array([[p.x, p.y, p.z] for p in m.points])

@@ -168,7 +168,7 @@ class Ref:
         out = [self.marker('occupancy', 0, m.CUBE_LIST, m.DELETEALL, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.0), [])]
         left = _surface(f.labels)
         sx, sy, sz = self.grid.shape
-        for t in (4, 2, 1):  # aligned uniform t x t patches, largest first, then single voxels
+        for t in (8, 4, 2, 1):  # aligned uniform t x t patches, largest first, then single voxels
             cubes: dict[int, list] = {}
             for x0 in range(0, sx - t + 1, t):
                 for y0 in range(0, sy - t + 1, t):

@@ -459,4 +459,5 @@ def test_loops_restart_like_a_looping_player_and_follow_memory(setup, tmp_path):
     assert m['growth_after_settled_pct'] == pytest.approx(0.5) and m['max_growth_after_settled_pct'] == pytest.approx(
         1.0
     )
+    assert m['rss_mb_every'] == [400.0]
     assert memory_summary([1] * 100) == {'frames': 100, 'settle_frames': 100}
