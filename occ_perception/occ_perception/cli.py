@@ -109,7 +109,8 @@ def cmd_import_flashocc(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a network to ONNX (random weights unless --checkpoint) and list its ops."""
+    """Export a network to ONNX (random weights unless --checkpoint) and list its ops; with ``--fp16`` also its
+    mixed fp16 graph (:func:`occ_perception.runtime.engine.fp16_graph`)."""
     import torch
 
     from .model.checkpoint import load_checkpoint
@@ -130,6 +131,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     print('inputs: ' + ', '.join(s.describe() for s in net.input_specs()))
     print('outputs: ' + ', '.join(s.describe() for s in net.output_specs()))
     print('ops: ' + ', '.join(f'{k} x{v}' for k, v in ops.items()))
+    if args.fp16:
+        from .runtime.engine import fp16_graph
+        from .runtime.export import sample_inputs
+
+        half = fp16_graph(path, sample_inputs(net), rebuild=True)
+        print(f'wrote {half}: the mixed fp16 graph (inputs and outputs keep their types)')
     return 0
 
 
@@ -474,6 +481,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise CliError(f'--panels: expected 0 or more, got {args.panels}')
     if args.max_frames is not None and args.max_frames < 1:
         raise CliError(f'--max-frames: expected at least 1, got {args.max_frames}')
+    if args.loops < 1:
+        raise CliError(f'--loops: expected at least 1, got {args.loops}')
     config = get_config(args.config, history=args.history)
     summary = run_replay(
         args.bag,
@@ -492,6 +501,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         distro=args.distro,
         progress=not args.quiet,
+        loops=args.loops,
     )
     print(format_summary(summary))
     return 0
@@ -610,6 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument('--seed', type=int, default=0, help='seed of random weights when no checkpoint is given')
     exp.add_argument('--out', required=True, help='output .onnx')
     exp.add_argument('--dynamo', action='store_true', help='use the torch.export-based exporter (needs onnxscript)')
+    exp.add_argument(
+        '--fp16',
+        action='store_true',
+        help='also write the mixed fp16 graph beside --out (ModelOpt AutoCast, what build-engine --precision fp16 '
+        'builds; runs on onnxruntime CPU too)',
+    )
     exp.set_defaults(func=cmd_export)
 
     eng = sub.add_parser('build-engine', help='build (or find cached) the TensorRT engine of an ONNX file')
@@ -775,6 +791,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument('--panel-frames', type=int, nargs='+', metavar='I', help='also draw these output frame indices')
     rp.add_argument('--gif', action='store_true', help='animated GIF of the top views (ground truth vs prediction)')
     rp.add_argument('--max-frames', type=int, default=None, help='stop after N synchronised frames')
+    rp.add_argument(
+        '--loops',
+        type=int,
+        default=1,
+        help='read the bag N times in a row like `ros2 bag play --loop` (a soak run: the summary follows the '
+        'resident memory; ground truth and the output bag from the first pass; default 1)',
+    )
     rp.add_argument('--threads', type=int, default=0, help='backend CPU threads (0 = library default)')
     rp.add_argument('--distro', choices=['jazzy', 'humble'], default='jazzy', help='typestore of the output topics')
     rp.add_argument('--quiet', action='store_true', help='no progress bar')

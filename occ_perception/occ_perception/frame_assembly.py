@@ -403,7 +403,6 @@ class FrameAssembler:
         self._rig_key: tuple[int, int] | None = None
         self._rig_error: FrameDrop | None = None
         self._waiting: list[tuple[Frame | None, SyncedSet, int]] = []  # pose_source tf: frames waiting for a pose
-        self._sync_drops_seen = 0
         self._newest: dict[int, int] = {}  # synchroniser input -> newest stamp seen [ns]
         # input -> newest stamp [ns], or the stamp time went back to for an input heard before the jump: a camera
         # that stops across a jump (a bag replayed without it) is failed camera_timeout after the jump
@@ -562,8 +561,7 @@ class FrameAssembler:
         return events
 
     def _new_sync_drops(self) -> list[Frame | FrameDrop]:
-        drops: list[Drop] = self.sync.drops[self._sync_drops_seen :]
-        self._sync_drops_seen = len(self.sync.drops)
+        drops: list[Drop] = self.sync.take_drops()
         out: list[Frame | FrameDrop] = []
         for d in drops:
             name = self.config.streams[d.stream]
@@ -886,7 +884,7 @@ def frame_accounting(
     done = processor.outputs if outputs is None else int(outputs)
     drops = Counter(assembler.frame_drops) + Counter(processor.drops)
     waiting = len(assembler._waiting)
-    queued = assembler.sync.added - assembler.sync.emitted_messages - len(assembler.sync.drops)
+    queued = assembler.sync.added - assembler.sync.emitted_messages - assembler.sync.dropped
     return {
         'sync_inputs': assembler.sync.added,
         'sets': assembler.sets,

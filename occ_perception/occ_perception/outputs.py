@@ -39,8 +39,10 @@ from .rig import FLASHOCC_CAMERA_ORDER
 __all__ = [
     'DRIVABLE_LABELS',
     'HEIGHT_BAND',
+    'MARKER_TILES',
     'OBSTACLE_LABELS',
     'ROUGH_LABELS',
+    'TILE_ID_STRIDE',
     'OccFrame',
     'OutputsError',
     'VoxelPointCache',
@@ -53,6 +55,8 @@ __all__ = [
     'save_png',
     'semantic_occupancy_msg',
     'surface_mask',
+    'surface_tiles',
+    'tile_centers',
     'top_view',
     'voxel_grid_msg',
     'voxel_grid_rgba',
@@ -341,8 +345,17 @@ def _flow_marker(
     )
 
 
+def tile_centers(grid: GridSpec, flat: np.ndarray, tile: int = 1) -> np.ndarray:
+    """Centres (N, 3) float64 [m] of horizontal ``tile`` x ``tile`` x 1 voxel blocks whose lowest-x, lowest-y
+    voxel has flat index ``flat`` (N,) (``tile`` 1: the voxel centres)."""
+    centers = grid.flat_centers(flat)
+    if tile > 1:
+        centers[:, :2] += 0.5 * (tile - 1) * grid.voxel_size
+    return centers
+
+
 class VoxelPointCache:
-    """geometry_msgs/Point objects of voxel centres, made once per voxel and reused by later marker arrays.
+    """geometry_msgs/Point objects of voxel (and tile) centres, made once and reused by later marker arrays.
 
     The grid is fixed in ``base_link``, so a voxel's centre never changes; building Python message objects is
     the slow part of a MarkerArray, and a cache turns it into an array lookup after the first frames. The
@@ -355,18 +368,70 @@ class VoxelPointCache:
     def __init__(self, types: MessageTypes, grid: GridSpec) -> None:
         self.types = types
         self.grid = grid
-        self._points = np.empty(grid.num_voxels, dtype=object)
-        self._filled = np.zeros(grid.num_voxels, dtype=bool)
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def points(self, flat: np.ndarray) -> list:
-        """Points at the centres of the voxels with flat indices ``flat`` (N,), in that order."""
-        missing = flat[~self._filled[flat]]
+    def points(self, flat: np.ndarray, tile: int = 1) -> list:
+        """Points at the centres (:func:`tile_centers`) of the ``tile`` x ``tile`` blocks starting at the voxels
+        with flat indices ``flat`` (N,), in that order (``tile`` 1: the voxels themselves)."""
+        if tile not in self._tables:
+            self._tables[tile] = (
+                np.empty(self.grid.num_voxels, dtype=object),
+                np.zeros(self.grid.num_voxels, dtype=bool),
+            )
+        points, filled = self._tables[tile]
+        missing = flat[~filled[flat]]
         if missing.size:
             made = np.empty(missing.size, dtype=object)
-            made[:] = _points(self.types, self.grid.flat_centers(missing))
-            self._points[missing] = made
-            self._filled[missing] = True
-        return self._points[flat].tolist()
+            made[:] = _points(self.types, tile_centers(self.grid, missing, tile))
+            points[missing] = made
+            filled[missing] = True
+        return points[flat].tolist()
+
+
+MARKER_TILES: tuple[int, ...] = (8, 4, 2)
+"""Tile edges [voxels] that :func:`marker_array_msg` merges uniform surface patches into, largest first."""
+TILE_ID_STRIDE = 256
+"""Marker id of a class's ``tile`` x ``tile`` CUBE_LIST: ``label + TILE_ID_STRIDE * tile`` (1 x 1: the label)."""
+
+
+def surface_tiles(
+    grid: GridSpec, flat: np.ndarray, labels: np.ndarray, tiles: Sequence[int] = MARKER_TILES
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Cover voxels with horizontal square tiles: greedily, largest ``tiles`` first, a ``t`` x ``t`` x 1 block
+    aligned to multiples of ``t`` in x and y becomes one tile when all its ``t * t`` voxels are among ``flat``,
+    not yet covered, and of one label; the rest stay single voxels.
+
+    Args:
+        flat: (N,) flat indices of the voxels to cover (e.g. the surface voxels), unique.
+        labels: (N,) their labels.
+        tiles: tile edges [voxels], each > 1.
+
+    Returns:
+        ``[(t, first, label), ...]`` for each t of ``tiles`` and then 1: ``first`` (M,) the flat index of each
+        tile's lowest-x, lowest-y voxel (ascending), ``label`` (M,) its label. Every voxel of ``flat`` is in
+        exactly one tile.
+    """
+    sx, sy, sz = grid.shape
+    x, rest = np.divmod(flat, sy * sz)
+    y, z = np.divmod(rest, sz)
+    left = np.ones(flat.size, dtype=bool)
+    out: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for t in tiles:
+        tx, ty = sx // t, sy // t
+        idx = np.flatnonzero(left & (x < tx * t) & (y < ty * t))  # candidates: not covered, in whole blocks
+        key = ((x[idx] // t) * ty + y[idx] // t) * sz + z[idx]
+        ref = np.zeros(tx * ty * sz, dtype=labels.dtype)
+        ref[key] = labels[idx]  # one member's label per block
+        match = labels[idx] == ref[key]
+        # t*t distinct members all carrying that label: the block is whole and uniform
+        full = np.bincount(key[match], minlength=ref.size) == t * t
+        keys = np.flatnonzero(full)
+        kx, rest_k = np.divmod(keys, ty * sz)
+        ky, kz = np.divmod(rest_k, sz)
+        out.append((t, (kx * t * sy + ky * t) * sz + kz, ref[keys]))
+        left[idx[full[key]]] = False
+    out.append((1, flat[left], labels[left]))
+    return out
 
 
 def marker_array_msg(
@@ -377,12 +442,17 @@ def marker_array_msg(
     arrow_seconds: float = 1.0,
     alpha: float = 1.0,
     cache: VoxelPointCache | None = None,
+    tiles: Sequence[int] = MARKER_TILES,
 ) -> Any:
     """visualization_msgs/MarkerArray for RViz.
 
-    Markers: a DELETEALL first (stale classes vanish), then one CUBE_LIST per class present among the
-    surface voxels (:func:`surface_mask`), in the class colour, cube edge = voxel size, namespace ``ns``,
-    id = label; then, when the frame has flow, one LINE_LIST (namespace ``ns + '/flow'``) with an arrow (shaft and
+    Markers: a DELETEALL first (stale classes vanish), then the surface voxels (:func:`surface_mask`) as
+    CUBE_LISTs in the class colour, namespace ``ns``: uniform horizontal patches merged into ``tiles``
+    (:func:`surface_tiles`; 8 x 8, 4 x 4 and 2 x 2 voxels by default, so flat ground costs a fraction of the
+    points: publishing Point objects is what a MarkerArray costs in rclpy), one CUBE_LIST per class and
+    tile size with cube size (t * v, t * v, v) and id ``label + TILE_ID_STRIDE * t``, and the remaining
+    single voxels with cube edge v and id = label (``tiles=()``: every surface voxel on its own); then,
+    when the frame has flow, one LINE_LIST (namespace ``ns + '/flow'``) with an arrow (shaft and
     two head strokes, three segments) per (x, y) column holding an occupied voxel faster than ``min_speed``
     [m/s], from the centre of the highest such voxel along its velocity for ``arrow_seconds`` [s].
 
@@ -397,20 +467,25 @@ def marker_array_msg(
     header = types.header(frame.stamp_ns, frame.frame_id)
     marker_cls = types.resolve('visualization_msgs/msg/Marker')
     markers = [_marker(types, header, ns, 0, marker_cls.CUBE_LIST, marker_cls.DELETEALL, (1, 1, 1), (0, 0, 0, 0), [])]
-    flat = frame.surface_indices
-    labels = frame.labels.reshape(-1)[flat]
-    order = np.argsort(labels, kind='stable')
-    flat, labels = flat[order], labels[order]
-    points = cache.points(flat) if cache is not None else _points(types, frame.grid.flat_centers(flat))
-    present, starts = np.unique(labels, return_index=True)
-    ends = np.append(starts[1:], labels.size)
+    surface = frame.surface_indices
     v = frame.grid.voxel_size
     colors = class_colors().astype(np.float64) / 255.0
-    for label, a, b in zip(present.tolist(), starts.tolist(), ends.tolist()):
-        rgba = (*colors[label], alpha)
-        markers.append(
-            _marker(types, header, ns, label, marker_cls.CUBE_LIST, marker_cls.ADD, (v, v, v), rgba, points[a:b])
-        )
+    for t, flat, labels in surface_tiles(frame.grid, surface, frame.labels.reshape(-1)[surface], tiles):
+        order = np.argsort(labels, kind='stable')
+        flat, labels = flat[order], labels[order]
+        if cache is not None:
+            points = cache.points(flat, t)
+        else:
+            points = _points(types, tile_centers(frame.grid, flat, t))
+        present, starts = np.unique(labels, return_index=True)
+        ends = np.append(starts[1:], labels.size)
+        scale = (t * v, t * v, v)
+        for label, a, b in zip(present.tolist(), starts.tolist(), ends.tolist()):
+            rgba = (*colors[label], alpha)
+            marker_id = label + (TILE_ID_STRIDE * t if t > 1 else 0)
+            markers.append(
+                _marker(types, header, ns, marker_id, marker_cls.CUBE_LIST, marker_cls.ADD, scale, rgba, points[a:b])
+            )
     if frame.flow is not None:
         markers.append(_flow_marker(frame, types, header, f'{ns}/flow', min_speed, arrow_seconds))
     return types.make('visualization_msgs/msg/MarkerArray', markers=markers)

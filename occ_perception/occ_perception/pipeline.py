@@ -181,7 +181,7 @@ class OccPipeline:
         self.confidence = bool(confidence)
         self.failed_camera_mode = failed_camera_mode
         x_size, y_size = config.bev_size
-        self.feature_shape = (config.context_channels, y_size, x_size)
+        self.feature_shape = (config.cache_channels, y_size, x_size)
         self.cache: BevCache | None = BevCache(temporal, config.grid, self.feature_shape) if config.history else None
         self.rig: Rig | None = None
         self.digest: str | None = None

@@ -111,6 +111,11 @@ class ReplayOptions:
         max_frames: stop after this many synchronised frames (None: the whole bag).
         distro: typestore of the output topics ('jazzy' or 'humble').
         progress: show a progress bar.
+        loops: read the bag this many times in a row, as ``ros2 bag play --loop`` does: time goes backwards
+            at each restart, so the synchroniser, the pose buffer and the temporal cache restart as in the
+            node. Ground truth is scored, and inputs and outputs are written to the output bag, on the first
+            pass only; the later passes run the whole frame path including the output encoding (a soak run:
+            the summary's ``memory`` follows the resident set size frame by frame).
     """
 
     bag: Path
@@ -124,6 +129,7 @@ class ReplayOptions:
     max_frames: int | None = None
     distro: str = 'jazzy'
     progress: bool = True
+    loops: int = 1
 
 
 @dataclass
@@ -132,7 +138,8 @@ class ReplaySummary:
 
     ``frame_drops`` (reason -> frames) and ``frame_accounting`` (:func:`~occ_perception.frame_assembly.frame_accounting`)
     account for every synchronised set; ``rejected`` counts unusable messages outside the synchroniser by
-    ``topic:reason``; ``silent_inputs`` names the inputs with a gap over :data:`SILENT_AFTER` and its length [s].
+    ``topic:reason``; ``silent_inputs`` names the inputs with a gap over :data:`SILENT_AFTER` and its length [s];
+    ``memory`` is :func:`memory_summary` of the resident set size after each output frame.
     """
 
     bag: str
@@ -161,6 +168,8 @@ class ReplaySummary:
     silent_inputs: dict[str, float] = field(default_factory=dict)
     time_jumps: int = 0
     frame_accounting: dict[str, Any] = field(default_factory=dict)
+    loops: int = 1
+    memory: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data, with the accounting identities and speed ratios."""
@@ -193,6 +202,41 @@ def timing_table(samples: Sequence[dict[str, float]]) -> dict[str, dict[str, flo
         arr = np.asarray(stages[k]) * 1000.0
         table[k] = {'count': int(arr.size), 'median': float(np.median(arr)), 'p90': float(np.percentile(arr, 90))}
     return table
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size [bytes] now (Linux ``/proc/self/statm``), or None where unavailable."""
+    try:
+        with open('/proc/self/statm', 'rb') as f:
+            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def memory_summary(rss: Sequence[int], settle: int = 100) -> dict[str, Any]:
+    """Resident set size over a run: ``rss`` [bytes], one sample after each output frame.
+
+    Returns:
+        ``frames`` (samples), ``rss_mb_first`` (after frame 1), ``rss_mb_settled`` (after frame ``settle``),
+        ``rss_mb_last``, ``rss_mb_max_after_settled``, ``growth_after_settled_pct`` (last over settled, in
+        percent), ``max_growth_after_settled_pct`` and ``rss_mb_every`` (after frames ``settle``, ``2 *
+        settle``, ...); only ``frames`` and ``settle_frames`` when there are no more than ``settle`` samples.
+    """
+    out: dict[str, Any] = {'frames': len(rss), 'settle_frames': settle}
+    if len(rss) <= settle:
+        return out
+    mb = np.asarray(rss, dtype=np.float64) / 2**20
+    settled = float(mb[settle - 1])
+    out.update(
+        rss_mb_first=float(mb[0]),
+        rss_mb_settled=settled,
+        rss_mb_last=float(mb[-1]),
+        rss_mb_max_after_settled=float(mb[settle - 1 :].max()),
+        growth_after_settled_pct=100.0 * (float(mb[-1]) - settled) / settled,
+        max_growth_after_settled_pct=100.0 * (float(mb[settle - 1 :].max()) - settled) / settled,
+        rss_mb_every=[round(float(v), 1) for v in mb[settle - 1 :: settle]],
+    )
+    return out
 
 
 def required_topics(assembly: AssemblyConfig) -> list[str]:
@@ -442,10 +486,15 @@ def replay(options: ReplayOptions, pipeline: Any) -> ReplaySummary:
     bag, out = Path(opts.bag), Path(opts.out)
     if not bag.exists():
         raise ReplayError(f'{bag}: no such bag')
-    if opts.gt_tolerance < 0 or opts.panels < 0 or (opts.max_frames is not None and opts.max_frames < 1):
+    if (
+        opts.gt_tolerance < 0
+        or opts.panels < 0
+        or (opts.max_frames is not None and opts.max_frames < 1)
+        or opts.loops < 1
+    ):
         raise ReplayError(
-            f'gt_tolerance >= 0, panels >= 0 and max_frames >= 1 expected, got {opts.gt_tolerance}, '
-            f'{opts.panels}, {opts.max_frames}'
+            f'gt_tolerance >= 0, panels >= 0, max_frames >= 1 and loops >= 1 expected, got {opts.gt_tolerance}, '
+            f'{opts.panels}, {opts.max_frames}, {opts.loops}'
         )
     if (out / 'bag').exists():
         raise ReplayError(f'{out / "bag"}: exists already; remove it or choose another --out')
@@ -545,11 +594,14 @@ def _replay(
     panels_written: list[Path] = []
     results = 0
     first_stamp = last_stamp = None
+    span_ns = 0  # bag time covered by the earlier passes
+    rss: list[int] = []
+    first_pass = True
     bar = None
     if opts.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=reader.message_count, unit='msg', desc=bag.name, dynamic_ncols=True)
+        bar = tqdm(total=reader.message_count * opts.loops, unit='msg', desc=bag.name, dynamic_ncols=True)
     t_start = time.perf_counter()
     stop = False
     with writer:
@@ -582,8 +634,9 @@ def _replay(
                 index = results
                 results += 1
                 t0 = time.perf_counter()
-                for t, msg in result.messages.items():
-                    writer.write('/' + t, log_ns, msg)
+                if first_pass:
+                    for t, msg in result.messages.items():
+                        writer.write('/' + t, log_ns, msg)
                 result.timings['write'] = time.perf_counter() - t0
                 result.timings['frame'] = sum(
                     v
@@ -591,11 +644,20 @@ def _replay(
                     if k == 'pipeline/total' or k.startswith('encode/') or k == 'write'
                 )
                 samples.append(result.timings)
+                rss_now = resident_bytes()
+                if rss_now is not None:
+                    rss.append(rss_now)
                 if result.occ.reset_reason is not None:
                     resets[result.occ.reset_reason] += 1
                 if first_stamp is None:
-                    first_stamp = scorer.t0_ns = ev.stamp_ns
+                    first_stamp = ev.stamp_ns
+                    if first_pass:
+                        scorer.t0_ns = ev.stamp_ns
                 last_stamp = ev.stamp_ns
+                if not first_pass:
+                    if opts.max_frames is not None and assembler.sets >= opts.max_frames:
+                        stop = True
+                    continue
                 wanted = index in panel_frames or (not gt_stamps and opts.panels > 0 and index == 0)
                 gt_match = scorer.match(ev.stamp_ns)
                 if wanted and gt_match is not None and gt_match not in scorer.done:
@@ -606,39 +668,46 @@ def _replay(
                 if opts.max_frames is not None and assembler.sets >= opts.max_frames:
                     stop = True
 
-        for conn, timestamp, raw in _messages(reader, None, notes):
-            topic = conn.topic
-            messages_in[topic] += 1
-            if bar is not None:
-                bar.update(1)
-            if topic not in outputs_abs:
-                writer.write_raw(topic, timestamp, raw)
-            if topic not in decode:
-                continue
-            try:
-                msg = decode_message(reader.deserialize, raw, conn.msgtype, topic)
-            except BagError as err:
-                rejected[f'{topic}:undecodable'] += 1
-                log.warning('%s', err)
-                continue
-            if topic in images:
-                handle(assembler.add_image(images[topic], msg), timestamp)
-            elif topic in infos:
-                assembler.add_camera_info(infos[topic], msg)
-            elif topic == TF_STATIC_TOPIC:
-                assembler.add_tf_static(msg)
-            elif topic == TF_TOPIC:
-                handle(assembler.add_tf(msg), timestamp)
-            elif topic == ODOM_TOPIC:
-                handle(assembler.add_odom(msg), timestamp)
-            else:
+        for loop in range(opts.loops):
+            first_pass = loop == 0
+            if not first_pass:
+                span_ns += (last_stamp - first_stamp) if first_stamp is not None and last_stamp is not None else 0
+                first_stamp = last_stamp = None
+            for conn, timestamp, raw in _messages(reader, None, notes if first_pass else []):
+                topic = conn.topic
+                messages_in[topic] += 1
+                if bar is not None:
+                    bar.update(1)
+                if first_pass and topic not in outputs_abs:
+                    writer.write_raw(topic, timestamp, raw)
+                if topic not in decode or (not first_pass and topic in gt_part_of):
+                    continue
                 try:
-                    scorer.add_gt(gt_part_of[topic], int(timestamp), msg)
-                except MessagesError as err:
-                    rejected[f'{topic}:bad_ground_truth'] += 1
-                    log.warning('%s: %s', topic, err)
+                    msg = decode_message(reader.deserialize, raw, conn.msgtype, topic)
+                except BagError as err:
+                    rejected[f'{topic}:undecodable'] += 1
+                    log.warning('%s', err)
+                    continue
+                if topic in images:
+                    handle(assembler.add_image(images[topic], msg), timestamp)
+                elif topic in infos:
+                    assembler.add_camera_info(infos[topic], msg)
+                elif topic == TF_STATIC_TOPIC:
+                    assembler.add_tf_static(msg)
+                elif topic == TF_TOPIC:
+                    handle(assembler.add_tf(msg), timestamp)
+                elif topic == ODOM_TOPIC:
+                    handle(assembler.add_odom(msg), timestamp)
+                else:
+                    try:
+                        scorer.add_gt(gt_part_of[topic], int(timestamp), msg)
+                    except MessagesError as err:
+                        rejected[f'{topic}:bad_ground_truth'] += 1
+                        log.warning('%s: %s', topic, err)
+                if stop:
+                    notes.append(f'stopped after {assembler.sets} synchronised frames (max_frames)')
+                    break
             if stop:
-                notes.append(f'stopped after {assembler.sets} synchronised frames (max_frames)')
                 break
         handle(assembler.flush(), last_stamp or 0)
     wall = time.perf_counter() - t_start
@@ -668,7 +737,11 @@ def _replay(
         notes.append('no frame matched a ground-truth stamp within the tolerance: no metrics')
     if opts.gif and scorer.gif_frames:
         files['gif'] = str(_write_gif(out / 'topviews.gif', scorer.gif_frames))
-    bag_seconds = (last_stamp - first_stamp) / NS if first_stamp is not None and last_stamp is not None else 0.0
+    if first_stamp is not None and last_stamp is not None:
+        span_ns += last_stamp - first_stamp
+    bag_seconds = span_ns / NS
+    if opts.loops > 1:
+        notes.append(f'{opts.loops} passes over the bag: ground truth scored and the output bag written on the first')
     summary = ReplaySummary(
         bag=str(bag),
         out_bag=str(out / 'bag'),
@@ -696,6 +769,8 @@ def _replay(
         silent_inputs=silent,
         time_jumps=assembler.time_jumps,
         frame_accounting=accounting,
+        loops=opts.loops,
+        memory=memory_summary(rss),
     )
     files['summary'] = str(out / 'summary.json')
     (out / 'summary.json').write_text(json.dumps(summary.to_dict(), indent=2) + '\n')
@@ -779,6 +854,13 @@ def format_summary(s: ReplaySummary) -> str:
         lines.append(
             f'  metrics over {s.scored} of {s.gt_frames} ground-truth frames: mIoU {pct(m.get("miou"))}, '
             f'RayIoU {pct(m.get("ray_iou"))}, mAVE {mave}'
+        )
+    mem = s.memory
+    if 'rss_mb_settled' in mem:
+        lines.append(
+            f'  memory (resident): {mem["rss_mb_settled"]:.0f} MB after {mem["settle_frames"]} frames, '
+            f'{mem["rss_mb_last"]:.0f} MB after {mem["frames"]} ({mem["growth_after_settled_pct"]:+.2f} %; '
+            f'highest {mem["rss_mb_max_after_settled"]:.0f} MB)'
         )
     for note in s.notes:
         lines.append(f'  note: {note}')

@@ -146,8 +146,9 @@ class ApproximateTimeSync:
         self.emitted = 0
         self.emitted_messages = 0
         self.optional: frozenset[int] = frozenset()  # streams a set may go without (a failed camera)
-        self.drops: list[Drop] = []
+        self.dropped = 0  # messages dropped so far, all reasons
         self.drop_counts: Counter[str] = Counter()
+        self._untaken: list[Drop] = []  # drops since the last take_drops(): bounded by the caller's draining
 
     def queued(self, stream: int) -> tuple[int, ...]:
         """The stamps [ns] waiting in ``stream``'s queue, in queue order."""
@@ -160,10 +161,17 @@ class ApproximateTimeSync:
 
     def _drop(self, stream: int, stamp_ns: int, payload: Any, reason: str) -> None:
         drop = Drop(stream, stamp_ns, payload, reason)
-        self.drops.append(drop)
+        self._untaken.append(drop)
+        self.dropped += 1
         self.drop_counts[reason] += 1
         if self.on_drop is not None:
             self.on_drop(drop)
+
+    def take_drops(self) -> list[Drop]:
+        """The drops (with their payloads) since the last call, oldest first; the synchroniser keeps only their
+        counts (:attr:`dropped`, :attr:`drop_counts`), so a long run that drains them holds no dropped message."""
+        out, self._untaken = self._untaken, []
+        return out
 
     def add(self, stream: int, stamp_ns: int, payload: Any = None) -> SyncedSet | None:
         """Feed one message; return the set it completes, if any (also passed to ``callback``).
@@ -251,17 +259,17 @@ class ApproximateTimeSync:
             raise SyncError(
                 f"ApproximateTimeSync.flush: reason must be 'left_at_end' or 'time_backwards', got {reason!r}"
             )
-        start = len(self.drops)
+        start = len(self._untaken)
         for stream, queue in enumerate(self._queues):
             for stamp in sorted(queue):
                 self._drop(stream, stamp, queue[stamp], reason)
             queue.clear()
-        return self.drops[start:]
+        return self._untaken[start:]
 
     def accounted(self) -> bool:
         """True when every added message is in an emitted set, a drop, or still queued."""
         queued = sum(len(q) for q in self._queues)
-        return self.added == self.emitted_messages + len(self.drops) + queued
+        return self.added == self.emitted_messages + self.dropped + queued
 
 
 def synchronise(
@@ -278,11 +286,12 @@ def synchronise(
     Raises:
         SyncError: bad parameters or a stream index out of range.
     """
-    sync = ApproximateTimeSync(num_streams, queue_size, slop)
+    drops: list[Drop] = []
+    sync = ApproximateTimeSync(num_streams, queue_size, slop, on_drop=drops.append)
     sets: list[SyncedSet] = []
     for stream, stamp, payload in messages:
         result = sync.add(stream, stamp, payload)
         if result is not None:
             sets.append(result)
     sync.flush()
-    return sets, list(sync.drops)
+    return sets, drops

@@ -41,6 +41,7 @@ from .data.occ3d import Augmentation, Occ3DDataset, TrainSample
 from .grid import FREE_LABEL, NUM_CLASSES, UNOBSERVED_LABEL
 from .model.checkpoint import save_checkpoint
 from .model.config import ModelConfig, get_config
+from .model.flashocc import HISTORY_INPUT_KEYS, copy_current_frame_channels
 from .model.network import OccNet
 
 __all__ = [
@@ -297,9 +298,13 @@ def network_outputs(
     history_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Class logits (X, Y, Z, 18), flow (X, Y, Z, 2) or None, and the depth distribution (N, D, h, w) for one
-    frame (uint8 images (N, H, W, 3))."""
+    frame (uint8 images (N, H, W, 3)). ``history_bev`` (K, C_bev, Y, X) are the history frames' splatted BEV
+    features (:func:`_history_bev`); their cached form (``OccNet.cache_feature``, which trains here) is taken
+    inside this call, so that the projection is part of the forward that DDP wraps."""
     if not net.config.history:
         history_bev = history_theta = history_valid = None
+    elif history_bev is not None:
+        history_bev = net.cache_feature(history_bev)
     logits, flow, _, depth = net.predict(images, tables, history_bev, history_theta, history_valid)
     return logits, flow, depth
 
@@ -325,7 +330,8 @@ class _Step(nn.Module):
 def _history_bev(
     net: OccNet, sample: TrainSample, tables: Mapping[str, torch.Tensor], device: torch.device
 ) -> torch.Tensor | None:
-    """(K, C_bev, Y, X): the network's own BEV features of the history frames (no gradient; zeros in empty slots).
+    """(K, C_bev, Y, X): the network's own splatted BEV features of the history frames (no gradient; zeros in
+    empty slots); :func:`network_outputs` takes their cached form.
 
     The frames are encoded as the run-time cache holds them: with the BatchNorm layers in eval mode (running
     statistics, which these forwards leave unchanged), also while ``net`` trains. In train mode each history
@@ -451,8 +457,10 @@ def _batches(items: _Items, cfg: TrainConfig, d: _Dist, start_step: int) -> Iter
 
 
 def _load_init(net: OccNet, path: str | os.PathLike[str]) -> tuple[int, list[str]]:
-    """Copy every tensor of our checkpoint at ``path`` whose name and shape fit ``net`` (e.g. an imported FlashOCC
-    model into a temporal variant whose first BEV convs are wider). Returns (tensors copied, names skipped).
+    """Copy every tensor of our checkpoint at ``path`` whose name and shape fit ``net``; of the BEV encoder's first
+    convs, whose width depends on the history (K, ``history_channels``), the current frame's input channels
+    (e.g. an imported single-frame FlashOCC model into a temporal variant: its history channels start at zero).
+    Returns (tensors copied, names skipped).
 
     Raises:
         TrainError: unreadable or not our model checkpoint format, or nothing fits.
@@ -470,6 +478,12 @@ def _load_init(net: OccNet, path: str | os.PathLike[str]) -> tuple[int, list[str
         )
     own = net.state_dict()
     fit = {k: v for k, v in data['state_dict'].items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    c_bev = net.config.context_channels
+    for key in HISTORY_INPUT_KEYS:
+        value = data['state_dict'].get(key)
+        if key in own and key not in fit and value is not None:
+            if copy_current_frame_channels(own[key], value, c_bev):  # own[key] shares net's storage
+                fit[key] = own[key]
     if not fit:
         raise TrainError(f'--init {os.fspath(path)!r}: no tensor fits the {net.config.name} network')
     net.load_state_dict(fit, strict=False)

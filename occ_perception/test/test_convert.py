@@ -286,7 +286,7 @@ def test_bag_streams_through_the_synchroniser_one_set_per_camera_frame(dataset):
             sets.append(out)
     sync.flush()
     frames = len(by_channel['CAM_FRONT'])
-    assert len(sets) == frames and fed == 7 * len(sets) + len(sync.drops)
+    assert len(sets) == frames and fed == 7 * len(sets) + sync.dropped
     assert all(s.spread_ns < 50_000_000 for s in sets)
 
 

@@ -91,3 +91,29 @@ def test_fp16_graph_agrees_with_fp32(tmp_path: Path, config: str, history: int) 
     assert agree >= 0.99, f'{config}: fp16 labels agree with fp32 on {agree:.4f} of voxels'
     assert len(np.unique(ref['labels'])) > 1  # not a degenerate all-one-class output
     np.testing.assert_allclose(out['bev_feature'], ref['bev_feature'], rtol=0.05, atol=0.05)
+
+
+def test_export_cli_writes_the_fp16_graph_where_build_engine_looks(tmp_path: Path) -> None:
+    """``occ-perception export --fp16`` writes the mixed graph beside the fp32 file, named by its digest
+    (:func:`fp16_onnx_path`, what ``build-engine --precision fp16`` reuses), and it runs on onnxruntime CPU."""
+    from occ_perception.runtime.engine import fp16_onnx_path
+
+    out = tmp_path / 'tiny_k2.onnx'
+    cmd = [sys.executable, '-m', 'occ_perception.cli', 'export', '--config', 'tiny', '--history', '2']
+    done = subprocess.run(
+        [*cmd, '--out', str(out), '--fp16'],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=CONVERT_TIMEOUT_S,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    half = fp16_onnx_path(out)
+    assert half.is_file() and str(half) in done.stdout
+    assert onnx_io_specs(half) == onnx_io_specs(out)
+    initializers = onnx.load(str(half)).graph.initializer
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in initializers)
+    net = OccNet(get_config('tiny', history=2))
+    labels = OnnxRuntimeBackend(half).run(sample_inputs(net, seed=3))['labels']
+    assert labels.shape == (200, 200, 16) and labels.dtype == np.uint8

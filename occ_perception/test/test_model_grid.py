@@ -74,12 +74,14 @@ def test_forward_predict_and_encode_bev_agree() -> None:
         )
         bev_float = net.encode_bev(feeds['images'].float(), tables)
     assert labels.shape == confidence.shape == (160, 240, 16) and labels.dtype == torch.uint8
-    assert flow.shape == (160, 240, 16, 2) and bev_feature.shape == (32, 240, 160)
+    assert flow.shape == (160, 240, 16, 2) and bev_feature.shape == (8, 240, 160)  # tiny caches 8 channels
     assert logits.shape == (160, 240, 16, 18) and flow_p is not None
+    assert bev_p.shape == bev_float.shape == (32, 240, 160)  # the splatted feature
     torch.testing.assert_close(logits.argmax(-1).to(torch.uint8), labels)
     torch.testing.assert_close(flow_p, flow)
-    torch.testing.assert_close(bev_p, bev_feature)
-    torch.testing.assert_close(bev_float, bev_feature)  # uint8 and float 0..255 images give the same feature
+    with torch.no_grad():
+        torch.testing.assert_close(net.cache_feature(bev_p), bev_feature)
+    torch.testing.assert_close(bev_float, bev_p)  # uint8 and float 0..255 images give the same feature
     assert len(torch.unique(labels)) > 1
 
 
@@ -99,7 +101,7 @@ def test_export_on_non_square_grid(tmp_path: Path) -> None:
     feeds = sample_inputs(net, seed=4)
     out = OnnxRuntimeBackend(path).run(feeds)
     ref = TorchBackend(net, net.input_specs(), net.output_names()).run(feeds)
-    assert out['labels'].shape == (160, 240, 16) and out['bev_feature'].shape == (32, 240, 160)
+    assert out['labels'].shape == (160, 240, 16) and out['bev_feature'].shape == (8, 240, 160)
     assert float((out['labels'] == ref['labels']).mean()) >= 0.999
     np.testing.assert_allclose(out['bev_feature'], ref['bev_feature'], atol=1e-4, rtol=1e-4)
     assert np.abs(out['flow'] - ref['flow']).max() < 1e-3

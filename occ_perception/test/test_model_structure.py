@@ -76,6 +76,34 @@ def test_history_widens_first_bev_convs() -> None:
     assert sd['img_bev_encoder_backbone.layers.0.0.downsample.weight'].shape[1] == 64 * 3
 
 
+def test_history_projection_narrows_the_cache_and_the_fusion() -> None:
+    """tiny caches an 8-channel 1x1 projection of its 32-channel splatted BEV: the first BEV convs take
+    32 + K * 8 channels, the graph's history_bev input and bev_feature output have 8, and the projection
+    exists only with history (K = 0 caches nothing and keeps the whole feature)."""
+    cfg = get_config('tiny', history=2)
+    assert (cfg.context_channels, cfg.cache_channels, cfg.bev_in_channels) == (32, 8, 48)
+    net = OccNet(cfg)
+    sd = net.state_dict()
+    assert sd['history_proj.weight'].shape == (8, 32, 1, 1)
+    assert sd['img_bev_encoder_backbone.layers.0.0.conv1.weight'].shape[1] == 48
+    specs = {s.name: s.shape for s in (*net.input_specs(), *net.output_specs())}
+    assert specs['history_bev'] == (2, 8, 200, 200) and specs['bev_feature'] == (8, 200, 200)
+    single = get_config('tiny', history=0)
+    assert single.cache_channels == 32 and not single.history_projection
+    assert 'history_proj.weight' not in OccNet(single).state_dict()
+    assert not get_config('flashocc-m0', history=2).history_projection  # FlashOCC's fusion: the whole feature
+    feature = torch.randn(32, 200, 200)
+    with torch.no_grad():
+        cached = net.cache_feature(feature)
+        batch = net.cache_feature(torch.stack([feature, 2 * feature]))
+    want = torch.einsum('oc,cyx->oyx', sd['history_proj.weight'][:, :, 0, 0], feature)
+    want += sd['history_proj.bias'][:, None, None]
+    torch.testing.assert_close(cached, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(batch[0], cached)
+    with pytest.raises(ConfigError, match='history_channels'):
+        replace(cfg, history_channels=33)
+
+
 def test_configs() -> None:
     assert CONFIGS['flashocc-m0'].num_depth_bins == 44
     assert CONFIGS['flashocc-m1'].num_depth_bins == 88

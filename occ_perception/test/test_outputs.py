@@ -20,6 +20,7 @@ from occ_perception.messages import (
     rosbags_typestore,
 )
 from occ_perception.outputs import (
+    TILE_ID_STRIDE,
     OccFrame,
     OutputsError,
     VoxelPointCache,
@@ -31,6 +32,8 @@ from occ_perception.outputs import (
     save_png,
     semantic_occupancy_msg,
     surface_mask,
+    surface_tiles,
+    tile_centers,
     top_view,
     voxel_grid_msg,
 )
@@ -184,17 +187,30 @@ def test_markers_one_cube_list_per_class_and_flow_lines(distro):
     first, *cubes, lines = msg.markers
     assert first.action == marker_cls.DELETEALL
     surface = surface_mask(labels)
-    present = np.unique(labels[surface])
-    assert [m.id for m in cubes] == present.tolist()
     colors = class_colors()
+    covered = np.zeros(grid.shape, np.int64)
+    tiled = 0
     for m in cubes:
         assert m.type == marker_cls.CUBE_LIST and m.action == marker_cls.ADD and m.ns == 'occupancy'
-        assert m.header.frame_id == 'base_link' and m.scale.x == m.scale.y == m.scale.z == pytest.approx(0.4)
-        np.testing.assert_allclose([m.color.r, m.color.g, m.color.b], colors[m.id] / 255.0, atol=1e-6)
+        label, t = m.id % TILE_ID_STRIDE, max(1, m.id // TILE_ID_STRIDE)
+        assert t in (1, 2, 4, 8) and m.header.frame_id == 'base_link'
+        assert (m.scale.x, m.scale.y, m.scale.z) == pytest.approx((0.4 * t, 0.4 * t, 0.4))
+        np.testing.assert_allclose([m.color.r, m.color.g, m.color.b], colors[label] / 255.0, atol=1e-6)
         xyz = np.array([[p.x, p.y, p.z] for p in m.points])
-        index, inside = grid.point_to_index(xyz)
-        assert inside.all() and len(m.points) == int((surface & (labels == m.id)).sum())
-        assert np.all(labels[tuple(index.T)] == m.id) and surface[tuple(index.T)].all()
+        for dx in range(t):  # every voxel of every cube: inside, of the marker's class, on the surface
+            for dy in range(t):
+                corner = xyz + np.array([(dx + 0.5 - t / 2) * 0.4, (dy + 0.5 - t / 2) * 0.4, 0.0])
+                index, inside = grid.point_to_index(corner)
+                assert inside.all() and np.all(labels[tuple(index.T)] == label) and surface[tuple(index.T)].all()
+                np.add.at(covered, tuple(index.T), 1)
+        tiled += len(m.points) if t > 1 else 0
+    assert np.array_equal(covered, surface.astype(np.int64))  # each surface voxel in exactly one cube
+    assert tiled > 0  # the ground's uniform patches are merged
+    assert sum(len(m.points) for m in cubes) < 0.7 * surface.sum()
+    plain = marker_array_msg(frame, MessageTypes.rosbags(distro), tiles=())  # one cube per surface voxel
+    present = np.unique(labels[surface])
+    assert [m.id for m in plain.markers[1:-1]] == present.tolist()
+    assert [len(m.points) for m in plain.markers[1:-1]] == [int((surface & (labels == c)).sum()) for c in present]
     assert lines.type == marker_cls.LINE_LIST and lines.ns == 'occupancy/flow'
     occupied = (labels != FREE_LABEL) & (labels != 255)
     top_z = np.where(occupied.any(-1), grid.shape[2] - 1 - np.argmax(occupied[..., ::-1], axis=-1), -1)
@@ -219,6 +235,44 @@ def test_markers_one_cube_list_per_class_and_flow_lines(distro):
     # each arrow starts at the top car voxel of its column (z index 6)
     index, _ = grid.point_to_index(seg[:, 0])
     assert np.all(labels[tuple(index.T)] == CAR) and np.all(index[:, 2] == 6)
+
+
+def _tiles_reference(grid: GridSpec, chosen: np.ndarray, labels: np.ndarray, tiles) -> dict[int, set]:
+    """Loop reference of the greedy tiling: {t: {(x0, y0, z, label)}} over aligned blocks, largest first."""
+    left = chosen.copy()
+    out: dict[int, set] = {}
+    sx, sy, sz = grid.shape
+    for t in tiles:
+        out[t] = set()
+        for x0 in range(0, sx - t + 1, t):
+            for y0 in range(0, sy - t + 1, t):
+                for z in range(sz):
+                    block = (slice(x0, x0 + t), slice(y0, y0 + t), z)
+                    if left[block].all() and len(np.unique(labels[block])) == 1:
+                        out[t].add((x0, y0, z, int(labels[x0, y0, z])))
+                        left[block] = False
+    out[1] = {(x, y, z, int(labels[x, y, z])) for x, y, z in zip(*np.nonzero(left))}
+    return out
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_surface_tiles_equal_a_loop_reference_on_a_non_square_grid(seed):
+    grid = GridSpec(lower=(-6.0, -4.0, -1.0), size=(30, 21, 5), voxel_size=0.4)  # 30, 21: not multiples of 4
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(np.array([DRIVE, SIDEWALK, CAR], np.uint8), size=grid.shape, p=[0.8, 0.15, 0.05])
+    labels[10:18, 4:12, :] = DRIVE  # uniform patches, some aligned to 4, some only to 2
+    chosen = rng.random(grid.shape) < 0.9
+    flat = np.flatnonzero(chosen)
+    got = surface_tiles(grid, flat, labels.reshape(-1)[flat], (4, 2))
+    want = _tiles_reference(grid, chosen, labels, (4, 2))
+    assert [t for t, _, _ in got] == [4, 2, 1]
+    for t, first, lab in got:
+        x, y, z = np.unravel_index(first, grid.shape)
+        assert set(zip(x.tolist(), y.tolist(), z.tolist(), lab.tolist())) == want[t]
+        assert np.all(np.diff(first) > 0)
+    assert len(want[4]) > 0 and len(want[2]) > 0
+    centers = tile_centers(grid, np.array([np.ravel_multi_index((4, 8, 2), grid.shape)]), 4)
+    np.testing.assert_allclose(centers, [[-6.0 + 0.4 * 6, -4.0 + 0.4 * 10, -1.0 + 0.4 * 2.5]], atol=1e-12)
 
 
 def test_marker_point_cache_gives_the_same_markers():

@@ -166,12 +166,25 @@ class Ref:
         m = self.t['visualization_msgs/msg/Marker']
         v = self.grid.voxel_size
         out = [self.marker('occupancy', 0, m.CUBE_LIST, m.DELETEALL, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.0), [])]
-        surface = np.argwhere(_surface(f.labels)).tolist()
-        for label in range(256):
-            pts = [self.center(*c) for c in surface if f.labels[tuple(c)] == label]
-            if pts:
+        left = _surface(f.labels)
+        sx, sy, sz = self.grid.shape
+        for t in (8, 4, 2, 1):  # aligned uniform t x t patches, largest first, then single voxels
+            cubes: dict[int, list] = {}
+            for x0 in range(0, sx - t + 1, t):
+                for y0 in range(0, sy - t + 1, t):
+                    for z in range(sz):
+                        block = (slice(x0, x0 + t), slice(y0, y0 + t), z)
+                        if left[block].all() and (f.labels[block] == f.labels[x0, y0, z]).all():
+                            x, y, zc = self.center(x0, y0, z)
+                            pts = cubes.setdefault(int(f.labels[x0, y0, z]), [])
+                            pts.append((x + 0.5 * (t - 1) * v, y + 0.5 * (t - 1) * v, zc))
+                            left[block] = False
+            for label in sorted(cubes):
                 rgba = (*(c / 255.0 for c in CLASSES[label].color), 1.0)
-                out.append(self.marker('occupancy', label, m.CUBE_LIST, m.ADD, (v, v, v), rgba, pts))
+                marker_id = label + 256 * t if t > 1 else label
+                out.append(
+                    self.marker('occupancy', marker_id, m.CUBE_LIST, m.ADD, (t * v, t * v, v), rgba, cubes[label])
+                )
         c, s = math.cos(math.radians(25.0)), math.sin(math.radians(25.0))
         segments = []
         occ = _occupied(f.labels)

@@ -103,7 +103,7 @@ def test_labels_equal_backend_on_the_same_feeds(world, models):
     rig = ds.calibration(frames[0])
     w, h = cfg.image_size
     tables = build_splat_tables(cfg, rig.matrices(w, h))
-    bev_grid = bev_grid_for(cfg.grid, (cfg.context_channels, cfg.bev_size[1], cfg.bev_size[0]))
+    bev_grid = bev_grid_for(cfg.grid, (cfg.cache_channels, cfg.bev_size[1], cfg.bev_size[0]))
     previous: list[tuple[int, Transform, np.ndarray]] = []
     flows = []
     with Preprocessor(rig, cfg.image_size, threads=1) as prep:
@@ -113,7 +113,7 @@ def test_labels_equal_backend_on_the_same_feeds(world, models):
             assert occ.stamp_ns == stamp and occ.frame_id == 'base_link' and occ.grid == cfg.grid
             feeds = {'images': prep(_messages(frame, stamp)), **tables}
             theta = np.tile(np.eye(3, dtype=np.float32)[:2], (2, 1, 1))
-            bev = np.zeros((2, cfg.context_channels, cfg.bev_size[1], cfg.bev_size[0]), np.float32)
+            bev = np.zeros((2, cfg.cache_channels, cfg.bev_size[1], cfg.bev_size[0]), np.float32)
             valid = np.zeros(2, np.float32)
             for slot, offset in enumerate((NS // 2, NS)):  # the entry exactly 0.5 s and 1.0 s ago, if any
                 for s, pose, feature in previous:
@@ -332,7 +332,7 @@ def test_non_square_off_centre_grid_through_the_torch_backend(world):
     net = OccNet(cfg).eval()
     rec = Recording(TorchBackend(net, net.input_specs(), net.output_names()))
     pipe = OccPipeline(rec, cfg)
-    assert pipe.feature_shape == (cfg.context_channels, 96, 160)
+    assert pipe.feature_shape == (cfg.cache_channels, 96, 160) == (8, 96, 160)
     rig = ds.calibration(scenes[0][0])
     outs = [pipe.process(_jpegs(f), f.pose, rig, stamp_ns=T0 + i * NS // 2) for i, f in enumerate(scenes[0][:2])]
     assert outs[1].labels.shape == (160, 96, 16) and outs[1].flow.shape == (160, 96, 16, 2)

@@ -427,3 +427,37 @@ def test_find_model_exports_the_checkpoint_or_names_the_folders(tmp_path):
     assert onnx == models / 'tiny_k2.onnx' and onnx.is_file()
     load_model(onnx, cfg).close()  # a graph with the inputs the config expects
     assert find_model(cfg, dirs=[models]) == onnx
+
+
+def test_loops_restart_like_a_looping_player_and_follow_memory(setup, tmp_path):
+    """--loops 3: every pass runs the whole frame path (time going backwards restarts the synchroniser and
+    resets the cache, as `ros2 bag play --loop` does to the node); ground truth is scored and the output bag
+    written on the first pass only, so the metrics equal the single pass's; memory is sampled every frame."""
+    from occ_perception.replay import memory_summary
+
+    _, bag, onnx, single_out = setup
+    single = json.loads((single_out / 'summary.json').read_text())
+    out = tmp_path / 'looped'
+    args = ['replay', str(bag), '--model', str(onnx), '--out', str(out), '--panels', '0', '--threads', '2']
+    assert cli_main([*args, '--loops', '3', '--quiet']) == 0
+    s = json.loads((out / 'summary.json').read_text())
+    assert s['loops'] == 3 and s['time_jumps'] == 2
+    assert s['sets'] == 3 * single['sets'] and s['frames_out'] == 3 * single['frames_out']
+    assert s['accounting']['sync_exact'] and s['accounting']['frames_exact']
+    assert s['scored'] == single['scored'] == 3 and s['metrics']['miou'] == single['metrics']['miou']
+    assert s['out_counts'] == single['out_counts']  # outputs of the first pass only
+    assert s['metrics']['cache_resets'].get('time_backwards', 0) == 2 + single['metrics']['cache_resets'].get(
+        'time_backwards', 0
+    )
+    assert s['memory']['frames'] == s['frames_out'] and s['memory']['settle_frames'] == 100
+    assert s['bag_seconds'] == pytest.approx(3 * single['bag_seconds'])
+    assert cli_main([*args, '--loops', '0']) == 2
+
+    mb = 2**20
+    m = memory_summary([300 * mb] * 99 + [400 * mb] + [404 * mb] * 50 + [402 * mb], settle=100)
+    assert m['rss_mb_first'] == 300 and m['rss_mb_settled'] == 400 and m['rss_mb_last'] == 402
+    assert m['growth_after_settled_pct'] == pytest.approx(0.5) and m['max_growth_after_settled_pct'] == pytest.approx(
+        1.0
+    )
+    assert m['rss_mb_every'] == [400.0]
+    assert memory_summary([1] * 100) == {'frames': 100, 'settle_frames': 100}

@@ -144,9 +144,25 @@ def test_init_loads_what_fits_a_temporal_variant(tmp_path):
     torch.manual_seed(1)
     temporal = OccNet(get_config('tiny', history=2))
     loaded, skipped = _load_init(temporal, tmp_path / 'single.pt')
-    assert skipped and all(k.startswith('img_bev_encoder_backbone') for k in skipped)  # wider first BEV convs
-    assert loaded == len(single.state_dict()) - len(skipped)
+    assert skipped == ['history_proj.bias', 'history_proj.weight']  # tiny K > 0 only
+    assert loaded == len(single.state_dict())
     torch.testing.assert_close(temporal.occ_head.predicter[2].weight, single.occ_head.predicter[2].weight)
+    for key in ('conv1', 'downsample'):  # 32 -> 32 + 2 * 8 input channels: the current frame's copied, history's 0
+        wide = temporal.state_dict()[f'img_bev_encoder_backbone.layers.0.0.{key}.weight']
+        narrow = single.state_dict()[f'img_bev_encoder_backbone.layers.0.0.{key}.weight']
+        assert wide.shape[1] == 48 and narrow.shape[1] == 32
+        torch.testing.assert_close(wide[:, :32], narrow)
+        assert not wide[:, 32:].any()
+    # and back: a temporal checkpoint into another history length keeps the current frame's part
+    save_checkpoint(temporal, tmp_path / 'temporal.pt')
+    longer = OccNet(get_config('tiny', history=4))
+    _load_init(longer, tmp_path / 'temporal.pt')
+    conv = longer.state_dict()['img_bev_encoder_backbone.layers.0.0.conv1.weight']
+    torch.testing.assert_close(
+        conv[:, :32], temporal.state_dict()['img_bev_encoder_backbone.layers.0.0.conv1.weight'][:, :32]
+    )
+    assert conv.shape[1] == 64 and not conv[:, 32:].any()
+    torch.testing.assert_close(longer.history_proj.weight, temporal.history_proj.weight)
     (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
     with pytest.raises(TrainError, match='junk.pt'):
         _load_init(temporal, tmp_path / 'junk.pt')

@@ -56,6 +56,11 @@ class ModelConfig:
         flow_head: add the flow head (``flow_head.*``, an addition to FlashOCC).
         history: K cached BEV features concatenated before the BEV encoder (0 = single frame).
         history_offsets: the trained time offsets of the K history slots [s] before the current frame.
+        history_channels: channels of the feature the temporal cache holds (the graph's ``bev_feature``
+            output and ``history_bev`` input): None keeps the whole splatted BEV feature (``context_channels``,
+            FlashOCC's BEVDet4D-style fusion); a smaller number adds a learned 1x1 projection
+            (``history_proj``) of the splatted feature, so warping and fusing K slots costs
+            ``history_channels / context_channels`` of the full width.
         image_mean, image_std: RGB normalisation (0-255 scale).
         norm: normalisation layer of the image backbone, BEV encoder and BEV neck (:mod:`.norm`):
             ``'batch'`` (BatchNorm, FlashOCC's, needed to import FlashOCC checkpoints) or ``'group'``
@@ -84,6 +89,7 @@ class ModelConfig:
     flow_head: bool = True
     history: int = 0
     history_offsets: tuple[float, ...] = ()
+    history_channels: int | None = None
     image_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     image_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     norm: str = 'batch'
@@ -106,6 +112,11 @@ class ModelConfig:
             raise ConfigError(
                 f'{self.name}: history_offsets needs one offset per history slot, got history={self.history}, '
                 f'offsets={self.history_offsets}'
+            )
+        if self.history_channels is not None and not 0 < self.history_channels <= self.context_channels:
+            raise ConfigError(
+                f'{self.name}: history_channels must be in [1, context_channels={self.context_channels}] or None, '
+                f'got {self.history_channels}'
             )
         if self.bev_z_range[1] <= self.bev_z_range[0]:
             raise ConfigError(f'{self.name}: bev_z_range must be increasing, got {self.bev_z_range}')
@@ -156,9 +167,22 @@ class ModelConfig:
         return self.grid.shape[2]
 
     @property
+    def cache_channels(self) -> int:
+        """C_cache: channels of the cached feature (``bev_feature``, ``history_bev``); ``history_channels`` when
+        set and K > 0, else ``context_channels``."""
+        if self.history and self.history_channels is not None:
+            return self.history_channels
+        return self.context_channels
+
+    @property
+    def history_projection(self) -> bool:
+        """Whether the network holds ``history_proj`` (K > 0 and ``cache_channels < context_channels``)."""
+        return self.cache_channels != self.context_channels
+
+    @property
     def bev_in_channels(self) -> int:
-        """Input channels of the BEV encoder: C_bev * (K + 1)."""
-        return self.context_channels * (self.history + 1)
+        """Input channels of the BEV encoder: C_bev + K * C_cache."""
+        return self.context_channels + self.history * self.cache_channels
 
 
 _M0 = ModelConfig(name='flashocc-m0', depth_step=1.0, head_channels=128)
@@ -174,6 +198,7 @@ _TINY = ModelConfig(
     context_channels=32,
     bev_channels=(32, 64, 128),
     head_channels=16,
+    history_channels=8,
     norm='group',
 )
 

@@ -42,7 +42,7 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the config."""
 
 
-ADDITION_PREFIXES: tuple[str, ...] = ('flow_head.',)
+ADDITION_PREFIXES: tuple[str, ...] = ('flow_head.', 'history_proj.')
 """Parameter prefixes of ours that FlashOCC checkpoints do not have."""
 
 HISTORY_INPUT_KEYS: tuple[str, ...] = (
@@ -109,6 +109,23 @@ def flashocc_to_ours(key: str) -> str:
     return key
 
 
+def copy_current_frame_channels(target: torch.Tensor, value: torch.Tensor, c_bev: int) -> bool:
+    """Copy the current frame's input channels ``[:, :c_bev]`` of a BEV encoder first conv (``HISTORY_INPUT_KEYS``)
+    from ``value`` into ``target`` and zero the rest of ``target`` (its history channels), in place.
+
+    For a checkpoint of another history width (a single-frame one, or another K or ``history_channels``): the
+    current frame's channels come first in both. Returns False (and leaves ``target`` alone) when the two
+    differ in anything but the input channels or either has fewer than ``c_bev`` of them.
+    """
+    same_rest = target.shape[:1] + target.shape[2:] == value.shape[:1] + value.shape[2:]
+    if target.dim() < 2 or not same_rest or min(target.shape[1], value.shape[1]) < c_bev:
+        return False
+    with torch.no_grad():
+        target.zero_()
+        target[:, :c_bev].copy_(value[:, :c_bev])
+    return True
+
+
 def import_flashocc_state_dict(net: OccNet, flashocc: Mapping[str, torch.Tensor]) -> ImportReport:
     """Copy FlashOCC tensors into ``net`` (in place) and report what matched.
 
@@ -126,13 +143,11 @@ def import_flashocc_state_dict(net: OccNet, flashocc: Mapping[str, torch.Tensor]
                 continue
             target = ours[key]
             if key in HISTORY_INPUT_KEYS and net.config.history and target.shape[1] != value.shape[1]:
-                if value.shape[1] != c_bev or target.shape[:1] + target.shape[2:] != value.shape[:1] + value.shape[2:]:
+                if value.shape[1] != c_bev or not copy_current_frame_channels(target, value, c_bev):
                     raise CheckpointError(
                         f'FlashOCC checkpoint: {key} has shape {list(value.shape)}, '
                         f'expected {[target.shape[0], c_bev, *target.shape[2:]]}'
                     )
-                target.zero_()
-                target[:, :c_bev].copy_(value)
                 report.widened.append(key)
             elif target.shape != value.shape:
                 raise CheckpointError(

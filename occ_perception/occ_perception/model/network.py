@@ -7,12 +7,15 @@ input           dtype    shape                        meaning
 ==============  =======  ===========================  =============================================
 images          uint8    (N, H, W, 3)                 RGB, already resized/cropped to the input size
 splat_*         int64    see :mod:`.splat_tables`     tables from :func:`.splat_tables.build_splat_tables`
-history_bev     float32  (K, C_bev, Y, X)             cached ``bev_feature`` of K earlier frames
+history_bev     float32  (K, C_cache, Y, X)           cached ``bev_feature`` of K earlier frames
 history_theta   float32  (K, 2, 3)                    rows 0-1 of ``geometry.bev_warp_affine``
 history_valid   float32  (K,)                         1 = slot filled, 0 = contributes zeros
 ==============  =======  ===========================  =============================================
 
-(the history inputs exist only when ``config.history`` K > 0).
+(the history inputs exist only when ``config.history`` K > 0). C_cache is
+``config.cache_channels``: the splatted BEV feature's C_bev channels, or with
+``config.history_channels`` set, a learned 1x1 projection of it (``history_proj``)
+to fewer channels, so that warping and fusing K slots stays cheap.
 
 ==============  =======  ===========================  =============================================
 output          dtype    shape                        meaning
@@ -20,13 +23,13 @@ output          dtype    shape                        meaning
 labels          uint8    (X, Y, Z)                    argmax over the 18 classes
 confidence      uint8    (X, Y, Z)                    round(255 * max softmax probability)
 flow            float32  (X, Y, Z, 2)                 (vx, vy) [m/s] in base_link axes (zeros without a flow head)
-bev_feature     float32  (C_bev, Y, X)                this frame's splatted BEV feature (before the encoder)
+bev_feature     float32  (C_cache, Y, X)              this frame's feature for the temporal cache
 ==============  =======  ===========================  =============================================
 
 Data path: normalise (FlashOCC mean/std) and HWC -> CHW; ResNet stages 3, 4; image
 neck -> (N, 256, H/16, W/16); depth net Conv2d(256, D + C_bev, 1): softmax over the
 first D channels, the next C_bev are context; splat -> (C_bev, Y, X); [current,
-warped history...] on channels; BEV encoder + neck -> (1, C', Y, X); heads.
+warped history (K x C_cache)...] on channels; BEV encoder + neck -> (1, C', Y, X); heads.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class Prediction(NamedTuple):
     Attributes:
         logits: (X, Y, Z, num_classes) class logits indexed [x, y, z].
         flow: (X, Y, Z, 2) (vx, vy) [m/s] in base_link axes, or None without a flow head.
-        bev_feature: (C_bev, Y, X) this frame's BEV feature (what the temporal cache stores).
+        bev_feature: (C_bev, Y, X) this frame's splatted BEV feature (the cache stores its :meth:`OccNet.cache_feature`).
         depth: (N, D, h, w) the depth net's probabilities over ``config.depth_bins``.
     """
 
@@ -98,7 +101,8 @@ class OccNet(nn.Module):
     (``img_backbone``, ``img_neck``, ``img_view_transformer.depth_net``,
     ``img_bev_encoder_backbone``, ``img_bev_encoder_neck``, ``occ_head``). Additions:
     ``flow_head.*`` (if ``config.flow_head``) and, with history K > 0, the BEV
-    encoder's first convs take C_bev * (K + 1) input channels.
+    encoder's first convs take C_bev + K * C_cache input channels (the current
+    frame's first), plus ``history_proj`` when ``config.history_channels`` is set.
 
     Entry points:
 
@@ -123,6 +127,9 @@ class OccNet(nn.Module):
             config.neck_channels, config.num_depth_bins, config.context_channels, config.bev_size
         )
         self.history_warp = HistoryWarp(config.bev_size) if config.history else None
+        self.history_proj = (
+            nn.Conv2d(config.context_channels, config.cache_channels, 1) if config.history_projection else None
+        )
         self.img_bev_encoder_backbone = BevEncoder(
             config.bev_in_channels, config.bev_channels, config.bev_blocks, config.norm
         )
@@ -148,7 +155,7 @@ class OccNet(nn.Module):
         if cfg.history:
             k = cfg.history
             specs += [
-                TensorSpec('history_bev', 'float32', (k, cfg.context_channels, y_size, x_size)),
+                TensorSpec('history_bev', 'float32', (k, cfg.cache_channels, y_size, x_size)),
                 TensorSpec('history_theta', 'float32', (k, 2, 3)),
                 TensorSpec('history_valid', 'float32', (k,)),
             ]
@@ -165,7 +172,7 @@ class OccNet(nn.Module):
             TensorSpec('labels', 'uint8', (x_size, y_size, z)),
             TensorSpec('confidence', 'uint8', (x_size, y_size, z)),
             TensorSpec('flow', 'float32', (x_size, y_size, z, 2)),
-            TensorSpec('bev_feature', 'float32', (cfg.context_channels, y_size, x_size)),
+            TensorSpec('bev_feature', 'float32', (cfg.cache_channels, y_size, x_size)),
         )
 
     def tables_from(self, feeds: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -214,8 +221,17 @@ class OccNet(nn.Module):
         c3, c4 = self.img_backbone(x)
         return self.img_view_transformer(self.img_neck(c3, c4), *self.tables_from(tables))
 
+    def cache_feature(self, bev_feature: torch.Tensor) -> torch.Tensor:
+        """What the temporal cache holds of a frame: (C_bev, Y, X) or (K, C_bev, Y, X) splatted BEV features ->
+        the same with C_cache channels (``history_proj``, or the feature itself without a projection)."""
+        if self.history_proj is None:
+            return bev_feature
+        if bev_feature.dim() == 3:
+            return self.history_proj(bev_feature.unsqueeze(0))[0]
+        return self.history_proj(bev_feature)
+
     def decode(self, bev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """BEV encoder input (1, C_bev*(K+1), Y, X) -> class logits (X, Y, Z, 18) and flow (X, Y, Z, 2) or None."""
+        """BEV encoder input (1, C_bev + K*C_cache, Y, X) -> class logits (X, Y, Z, 18) and flow (X, Y, Z, 2) or None."""
         feats = self.img_bev_encoder_backbone(bev)
         top = self.img_bev_encoder_neck(feats[0], feats[2])
         logits = self.occ_head(top)
@@ -235,7 +251,8 @@ class OccNet(nn.Module):
         Args:
             images: (N, H, W, 3) RGB, uint8 or float 0..255.
             tables: splat table name -> int64 tensor.
-            history_bev: (K, C_bev, Y, X) cached BEV features; required iff ``config.history`` K > 0.
+            history_bev: (K, C_cache, Y, X) cached features (:meth:`cache_feature` of earlier frames);
+                required iff ``config.history`` K > 0.
             history_theta: (K, 2, 3) warp affines (rows 0-1 of ``geometry.bev_warp_affine``).
             history_valid: (K,) 1 = slot filled, 0 = contributes zeros.
 
@@ -282,7 +299,8 @@ class OccNet(nn.Module):
 
         Returns:
             ``(labels, confidence, flow, bev_feature)``: uint8 (X, Y, Z), uint8 (X, Y, Z),
-            float32 (X, Y, Z, 2) (zeros without a flow head), float32 (C_bev, Y, X).
+            float32 (X, Y, Z, 2) (zeros without a flow head), float32 (C_cache, Y, X), this frame's
+            :meth:`cache_feature`.
 
         Raises:
             NetworkInputError: history inputs missing for K > 0 or given for K = 0.
@@ -299,4 +317,4 @@ class OccNet(nn.Module):
         confidence = torch.round(probability * 255.0)
         if flow is None:
             flow = torch.zeros(logits.shape[:-1] + (2,), dtype=logits.dtype, device=logits.device)
-        return labels.to(torch.uint8), confidence.to(torch.uint8), flow, bev_feature
+        return labels.to(torch.uint8), confidence.to(torch.uint8), flow, self.cache_feature(bev_feature)

@@ -123,19 +123,21 @@ def scatter_splat_onnx(path: str | os.PathLike[str], bev_size: tuple[int, int], 
 
 class EncoderOnly(nn.Module):
     """The image-encoder half of an :class:`~occ_perception.model.network.OccNet`: images and splat tables to
-    the (C_bev, Y, X) BEV feature (:meth:`OccNet.encode_bev`); what recomputing a history frame costs."""
+    the (C_cache, Y, X) feature the temporal cache holds (:meth:`OccNet.cache_feature` of
+    :meth:`OccNet.encode_bev`); what recomputing a history frame costs."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, images: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
-        return self.net.encode_bev(images, dict(zip(splat_table_names(), tables)))  # type: ignore[operator]
+        bev = self.net.encode_bev(images, dict(zip(splat_table_names(), tables)))  # type: ignore[operator]
+        return self.net.cache_feature(bev)  # type: ignore[operator]
 
 
 def export_encoder_onnx(net: nn.Module, feeds: dict[str, np.ndarray], path: str | os.PathLike[str]) -> Path:
     """Export :class:`EncoderOnly` of ``net`` with inputs ``images`` and the splat tables taken from ``feeds``;
-    output ``bev_feature`` (C_bev, Y, X).
+    output ``bev_feature`` (C_cache, Y, X).
 
     Raises:
         BaselineError: the export failed.

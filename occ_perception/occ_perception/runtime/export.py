@@ -68,7 +68,7 @@ def sample_inputs(net: Any, rig: Any = None, seed: int = 0) -> dict[str, np.ndar
         for i in range(k):  # small rotation and shift, different per slot
             a = 0.02 * (i + 1)
             theta[i] = [[np.cos(a), -np.sin(a), 0.01 * (i + 1)], [np.sin(a), np.cos(a), -0.02 * (i + 1)]]
-        feeds['history_bev'] = rng.standard_normal((k, cfg.context_channels, y_size, x_size)).astype(np.float32)
+        feeds['history_bev'] = rng.standard_normal((k, cfg.cache_channels, y_size, x_size)).astype(np.float32)
         feeds['history_theta'] = theta
         feeds['history_valid'] = np.ones(k, dtype=np.float32)
     return {s.name: feeds[s.name] for s in net.input_specs()}
