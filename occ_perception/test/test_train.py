@@ -328,14 +328,15 @@ def test_history_frames_are_encoded_as_the_runtime_cache_holds_them(two_samples,
     net.eval()
     history_images = torch.from_numpy(sample.history_images[slot])
     with torch.no_grad():  # the graph's bev_feature output: what the run-time cache stores
+        projected = net.cache_feature(trained)  # what training feeds (network_outputs projects inside)
         cached = net(
             history_images,
             *net.tables_from(t['tables']),
-            torch.zeros_like(trained),
+            torch.zeros_like(projected),
             t['history_theta'],
             torch.zeros_like(t['history_valid']),
         )[3]
-    assert float(cached.abs().max()) > 0
-    torch.testing.assert_close(trained[slot], cached, rtol=1e-4, atol=1e-5 * float(cached.abs().max()))
+    assert float(cached.abs().max()) > 0 and projected.shape[1] == 8 < trained.shape[1]
+    torch.testing.assert_close(projected[slot], cached, rtol=1e-4, atol=1e-5 * float(cached.abs().max()))
     empty = torch.from_numpy(sample.history_valid == 0)
     assert float(trained[empty].abs().sum()) == 0.0

@@ -478,10 +478,9 @@ def rclpy_marker_bench(
         ``(timings, info)``; ``({}, {'skipped': reason})`` when rclpy or visualization_msgs cannot be imported.
     """
     try:
-        import rclpy
-        from visualization_msgs.msg import MarkerArray
+        from ..ros.publisher import BarePublisher  # rclpy glue
     except ImportError as err:
-        return {}, {'skipped': f'rclpy or visualization_msgs not importable ({err}); source a ROS 2 setup.bash'}
+        return {}, {'skipped': f'rclpy not importable ({err}); source a ROS 2 setup.bash'}
     from ..messages import MessageTypes
     from ..outputs import VoxelPointCache, marker_array_msg
     from .baselines import naive_marker_array_msg
@@ -489,11 +488,7 @@ def rclpy_marker_bench(
     base = encode_frame(grid, occupied)
     types = MessageTypes.python_modules()
     cache = VoxelPointCache(types, grid)
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    try:
-        node = rclpy.create_node('occ_perception_bench_markers', context=context)
-        publisher = node.create_publisher(MarkerArray, '~/markers', 1)
+    with BarePublisher(types.resolve('visualization_msgs/msg/MarkerArray'), '~/markers') as publisher:
         built = marker_array_msg(_fresh(base), types, cache=cache)
         every_voxel = naive_marker_array_msg(_fresh(base), types)
 
@@ -510,9 +505,6 @@ def rclpy_marker_bench(
             repeats,
             warmup,
         )
-        node.destroy_node()
-    finally:
-        rclpy.shutdown(context=context)
 
     def points(msg: Any) -> int:
         return sum(len(m.points) for m in msg.markers if m.ns == 'occupancy')
