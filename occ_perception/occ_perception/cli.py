@@ -208,6 +208,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .runtime.bench import CURVE_KS, run_bench  # imports torch: after the argument checks
 
     quick = bool(args.quick)
+    try:  # the MarkerArray through a real rclpy publisher, where a ROS 2 environment is sourced
+        from .ros.publisher import BarePublisher as marker_publisher
+    except ImportError:
+        marker_publisher = None  # type: ignore[assignment,misc]
 
     run_bench(
         repeats=args.repeats,
@@ -222,6 +226,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         plots_dir=args.plots,
         curve_repeats=1 if quick else args.curve_repeats,
         curve_ks=(0, 2, 4, 8) if quick else CURVE_KS,
+        marker_publisher=marker_publisher,
     )
     return 0
 

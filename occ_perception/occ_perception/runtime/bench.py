@@ -461,7 +461,11 @@ def _fresh(base: Any) -> Any:
 
 
 def rclpy_marker_bench(
-    repeats: int = 30, grid: GridSpec = OCC3D_GRID, occupied: int = 30_000, warmup: int = 3
+    publisher: Callable[[Any, str], Any] | None,
+    repeats: int = 30,
+    grid: GridSpec = OCC3D_GRID,
+    occupied: int = 30_000,
+    warmup: int = 3,
 ) -> tuple[dict[str, Timing], dict[str, Any]]:
     """The MarkerArray through rclpy, where a ROS 2 Python environment is sourced: our
     :func:`~occ_perception.outputs.marker_array_msg` built with the generated message classes
@@ -474,13 +478,16 @@ def rclpy_marker_bench(
       :func:`~occ_perception.runtime.baselines.naive_marker_array_msg`'s message (built once; its per-voxel
       Python build is the ``naive`` stage's baseline).
 
+    Args:
+        publisher: ``publisher(msg_type, topic)``, a context manager with ``publish(msg)``
+            (:class:`occ_perception.ros.publisher.BarePublisher`, which the CLI passes where rclpy imports);
+            None skips this bench.
+
     Returns:
-        ``(timings, info)``; ``({}, {'skipped': reason})`` when rclpy or visualization_msgs cannot be imported.
+        ``(timings, info)``; ``({}, {'skipped': reason})`` without a publisher.
     """
-    try:
-        from ..ros.publisher import BarePublisher  # rclpy glue
-    except ImportError as err:
-        return {}, {'skipped': f'rclpy not importable ({err}); source a ROS 2 setup.bash'}
+    if publisher is None:
+        return {}, {'skipped': 'no rclpy publisher (rclpy not importable: source a ROS 2 setup.bash)'}
     from ..messages import MessageTypes
     from ..outputs import VoxelPointCache, marker_array_msg
     from .baselines import naive_marker_array_msg
@@ -488,19 +495,19 @@ def rclpy_marker_bench(
     base = encode_frame(grid, occupied)
     types = MessageTypes.python_modules()
     cache = VoxelPointCache(types, grid)
-    with BarePublisher(types.resolve('visualization_msgs/msg/MarkerArray'), '~/markers') as publisher:
+    with publisher(types.resolve('visualization_msgs/msg/MarkerArray'), '~/markers') as pub:
         built = marker_array_msg(_fresh(base), types, cache=cache)
         every_voxel = naive_marker_array_msg(_fresh(base), types)
 
         def total() -> None:
-            publisher.publish(marker_array_msg(_fresh(base), types, cache=cache))
+            pub.publish(marker_array_msg(_fresh(base), types, cache=cache))
 
         timings = interleaved_stats(
             {
                 'markers_rclpy_build': lambda: marker_array_msg(_fresh(base), types, cache=cache),
-                'markers_rclpy_publish': lambda: publisher.publish(built),
+                'markers_rclpy_publish': lambda: pub.publish(built),
                 'markers_rclpy_total': total,
-                'markers_rclpy_every_voxel_publish': lambda: publisher.publish(every_voxel),
+                'markers_rclpy_every_voxel_publish': lambda: pub.publish(every_voxel),
             },
             repeats,
             warmup,
@@ -1003,6 +1010,7 @@ def run_bench(
     curve_ks: Sequence[int] = CURVE_KS,
     encode_grid: GridSpec = OCC3D_GRID,
     encode_occupied: int = 30_000,
+    marker_publisher: Callable[[Any, str], Any] | None = None,
 ) -> dict[str, Any]:
     """Run the chosen stages, print a table and optionally write it as JSON.
 
@@ -1017,6 +1025,8 @@ def run_bench(
         plots_dir: when given, also measure the scaling curves (:func:`scaling_curves`, ``curve_repeats``
             calls per point over ``curve_sizes``, ``curve_heights``, ``curve_ks``) and write them as PNG there.
         encode_grid, encode_occupied: the frame of the ``encode`` and ``naive`` stages (:func:`encode_frame`).
+        marker_publisher: a real publisher for the ``encode`` stage's MarkerArray through rclpy
+            (:func:`rclpy_marker_bench`; None: that part is skipped).
 
     Returns:
         The report: ``{'machine', 'load_before', 'load_after', 'stages', 'repeats', 'figures', 'derived', 'info',
@@ -1074,7 +1084,7 @@ def run_bench(
                 'target <= 10 ms',
             )
         )
-        t, info['encode_rclpy'] = rclpy_marker_bench(repeats, encode_grid, encode_occupied)
+        t, info['encode_rclpy'] = rclpy_marker_bench(marker_publisher, repeats, encode_grid, encode_occupied)
         figures.update(t)
         if 'skipped' in info['encode_rclpy']:
             rows.append(('MarkerArray through rclpy: skipped, ' + info['encode_rclpy']['skipped'], '', ''))
