@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+from occ_perception.runtime.base import Backend
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # occ_perception/ (the ament_python package)
 REPO_ROOT = PACKAGE_DIR.parent
@@ -49,3 +53,27 @@ def biased_net(cfg):  # torch is imported inside: the Python 3.10 run has none
         bias[4:, free] = 8.0
         last.bias.copy_(bias.reshape(-1))
     return net
+
+
+class Recording(Backend):
+    """Forwards to a real backend and keeps copies of every feed dict and output dict (``feeds``, ``results``)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = f'recording {inner.name}'
+        self.inputs, self.outputs = inner.inputs, inner.outputs
+        self.feeds: list[dict[str, np.ndarray]] = []
+        self.results: list[dict[str, np.ndarray]] = []
+
+    def _run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        self.feeds.append({k: np.array(v, copy=True) for k, v in feeds.items()})
+        out = self.inner.run(feeds)
+        self.results.append({k: np.array(v, copy=True) for k, v in out.items()})
+        return out
+
+
+def recording_torch(net: Any) -> Recording:
+    """:class:`Recording` around the torch backend of ``net``."""
+    from occ_perception.runtime.torch_backend import TorchBackend
+
+    return Recording(TorchBackend(net, net.input_specs(), net.output_names()))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import biased_net
+from conftest import biased_net, recording_torch
 
 torch = pytest.importorskip('torch')
 
@@ -34,7 +34,6 @@ from occ_perception.grid import GridSpec  # noqa: E402
 from occ_perception.model.splat_tables import build_splat_tables, camera_coverage, exclusive_columns  # noqa: E402
 from occ_perception.pipeline import OccPipeline, PipelineError  # noqa: E402
 from occ_perception.replay import ReplayOptions, replay  # noqa: E402
-from occ_perception.runtime.torch_backend import TorchBackend  # noqa: E402
 from test_reliability import CAMS, NS, TYPES, Item, _tf_static, feed, frame_items, write_bag  # noqa: E402
 
 # a non-square grid (x 64 m, y 48 m), so that a swapped x / y would show
@@ -81,25 +80,13 @@ def expected_exclusive(config: Any, matrices: Any, camera: int) -> np.ndarray:
     return out
 
 
-class RecordingBackend(TorchBackend):
-    """The torch backend, keeping each run's images and level-0 splat tables (copies)."""
-
-    def __init__(self, net: Any) -> None:
-        super().__init__(net, net.input_specs(), net.output_names())
-        self.runs: list[dict[str, np.ndarray]] = []
-
-    def run(self, feeds):  # type: ignore[no-untyped-def]
-        self.runs.append({k: np.array(v, copy=True) for k, v in feeds.items() if k.startswith(('images', 'splat'))})
-        return super().run(feeds)
-
-
 @pytest.fixture(scope='module')
 def net():
     return biased_net(CFG)
 
 
 def _pipeline(net: Any, mode: str = 'mask_tables') -> OccPipeline:
-    return OccPipeline(RecordingBackend(net), CFG, preprocess_threads=1, failed_camera_mode=mode)
+    return OccPipeline(recording_torch(net), CFG, preprocess_threads=1, failed_camera_mode=mode)
 
 
 def _items(silent: range = SILENT, frames: int = 11) -> list[Item]:
@@ -145,7 +132,7 @@ def test_frames_go_on_without_a_silent_camera_and_six_camera_operation_resumes(n
     w_f, h_f = CFG.feature_size
     per_camera = CFG.num_depth_bins * h_f * w_f
     zero_slot = len(CAMS) * per_camera
-    runs = pipeline.backend.runs
+    runs = pipeline.backend.feeds
     assert len(runs) == len(results)
     for result, run in zip(results, runs):
         depth, full_depth = run['splat_depth_index'], full['splat_depth_index']
@@ -203,7 +190,7 @@ def test_blank_image_mode_feeds_the_full_tables_and_a_black_image(net) -> None:
     rig = frames[0].rig
     full = build_splat_tables(CFG, rig.matrices(w, h))
     only = expected_exclusive(CFG, rig.matrices(w, h), cam)
-    for result, run in zip(results, pipeline.backend.runs):
+    for result, run in zip(results, pipeline.backend.feeds):
         assert isinstance(result, FrameResult)
         assert all(np.array_equal(run[name], full[name]) for name in full)
         assert run['images'][cam].any() != bool(result.frame.missing)
@@ -265,7 +252,7 @@ def test_replay_of_a_bag_with_a_camera_silent_for_3_s_goes_on_with_five(net, tmp
     assert any(n.startswith(f'1 frame(s) went without {FAILED}') for n in summary.notes)
     assert sum(summary.sync_drops.values()) == 12  # frames 1 and 2: five images and an odometry each
     cam = CAMS.index(FAILED)
-    assert [run['images'][cam].any() for run in pipeline.backend.runs] == [True, False, True]
+    assert [run['images'][cam].any() for run in pipeline.backend.feeds] == [True, False, True]
 
 
 def test_a_camera_silent_after_time_went_backwards_is_failed_camera_timeout_after_the_jump() -> None:

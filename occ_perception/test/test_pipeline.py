@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from conftest import Recording, recording_torch
 
 torch = pytest.importorskip('torch')  # the tests export their ONNX models with torch
 
@@ -21,7 +21,6 @@ from occ_perception.model.splat_tables import build_splat_tables
 from occ_perception.pipeline import OccPipeline, PipelineError, load_model
 from occ_perception.preprocess import Preprocessor
 from occ_perception.rig import Camera, Rig
-from occ_perception.runtime.base import Backend
 from occ_perception.temporal import bev_grid_for
 from rosbags.typesys import Stores, get_typestore
 
@@ -33,23 +32,6 @@ Time = STORE.types['builtin_interfaces/msg/Time']
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS
-
-
-class Recording(Backend):
-    """Forwards to a real backend and keeps copies of every feed dict and output dict."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.name = f'recording {inner.name}'
-        self.inputs, self.outputs = inner.inputs, inner.outputs
-        self.feeds: list[dict[str, np.ndarray]] = []
-        self.results: list[dict[str, np.ndarray]] = []
-
-    def _run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        self.feeds.append({k: np.array(v, copy=True) for k, v in feeds.items()})
-        out = self.inner.run(feeds)
-        self.results.append(out)
-        return out
 
 
 @pytest.fixture(scope='module')
@@ -323,14 +305,13 @@ def test_non_square_off_centre_grid_through_the_torch_backend(world):
     from dataclasses import replace
 
     from occ_perception.grid import GridSpec
-    from occ_perception.runtime.torch_backend import TorchBackend
 
     ds, scenes = world
     grid = GridSpec(lower=(-20.0, -16.0, -1.0), size=(160, 96, 16), voxel_size=0.4)
     cfg = replace(get_config('tiny', history=2), grid=grid)
     torch.manual_seed(3)
     net = OccNet(cfg).eval()
-    rec = Recording(TorchBackend(net, net.input_specs(), net.output_names()))
+    rec = recording_torch(net)
     pipe = OccPipeline(rec, cfg)
     assert pipe.feature_shape == (cfg.cache_channels, 96, 160) == (8, 96, 160)
     rig = ds.calibration(scenes[0][0])

@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from conftest import biased_net
+from conftest import biased_net, recording_torch
 
 torch = pytest.importorskip('torch')
 
@@ -35,7 +35,6 @@ from occ_perception.model.config import get_config  # noqa: E402
 from occ_perception.pipeline import OccPipeline  # noqa: E402
 from occ_perception.replay import ReplayOptions, replay  # noqa: E402
 from occ_perception.rig import FLASHOCC_CAMERA_ORDER  # noqa: E402
-from occ_perception.runtime.torch_backend import TorchBackend  # noqa: E402
 from occ_perception.temporal import ResetReason  # noqa: E402
 
 NS = 1_000_000_000
@@ -218,25 +217,6 @@ def write_bag(path: Path, items: list[Item]) -> Path:
 # ---------------------------------------------------------------------------------------------- network
 
 
-class RecordingBackend(TorchBackend):
-    """The torch backend, keeping each run's history inputs and bev_feature output (copies)."""
-
-    def __init__(self, net: Any) -> None:
-        super().__init__(net, net.input_specs(), net.output_names())
-        self.runs: list[dict[str, np.ndarray]] = []
-
-    def run(self, feeds):  # type: ignore[no-untyped-def]
-        out = super().run(feeds)
-        self.runs.append(
-            {
-                'history_valid': np.array(feeds['history_valid'], copy=True),
-                'history_bev': np.array(feeds['history_bev'], copy=True),
-                'bev_feature': np.array(out['bev_feature'], copy=True),
-            }
-        )
-        return out
-
-
 @pytest.fixture(scope='module')
 def net():
     return biased_net(CFG)
@@ -244,7 +224,7 @@ def net():
 
 @pytest.fixture
 def pipeline(net):
-    backend = RecordingBackend(net)
+    backend = recording_torch(net)
     with OccPipeline(backend, CFG, preprocess_threads=1) as p:
         yield p
 
@@ -540,7 +520,7 @@ def test_the_temporal_cache_never_mixes_features_across_a_bag_loop_a_pose_jump_o
             change['info'] = {'cam_front': _info('cam_front', s, fx=260.0)}
         items += frame_items(s, 1.0 * k + (200.0 if k >= 5 else 0.0), 200 + k, **change)
     summary = _replay(write_bag(tmp_path / 'loop', items), tmp_path / 'out', pipeline)
-    runs = pipeline.backend.runs
+    runs, outs = pipeline.backend.feeds, pipeline.backend.results
     assert summary.frames_out == len(runs) == 16 and summary.frame_drops == {}
     assert summary.time_jumps == 1
     assert pipeline.cache.resets == Counter(
@@ -558,7 +538,7 @@ def test_the_temporal_cache_never_mixes_features_across_a_bag_loop_a_pose_jump_o
                 assert not run['history_bev'][slot].any()
                 continue
             used += 1
-            same = [j for j in range(i) if np.array_equal(runs[j]['bev_feature'], run['history_bev'][slot])]
+            same = [j for j in range(i) if np.array_equal(outs[j]['bev_feature'], run['history_bev'][slot])]
             assert same and all(start <= j < i for j in same), (i, slot, same, start)
     # 4 Hz, slots at 0.5 s and 1.0 s with 0.25 s tolerance: slot 0 is filled from the first post-reset frame
     # 0.25 s back on, slot 1 from 0.75 s back on; never from before the reset
